@@ -1,0 +1,5 @@
+import sys
+
+from flowfactory.cli import main
+
+sys.exit(main())

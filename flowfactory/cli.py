@@ -1,0 +1,250 @@
+"""The one entry point: `flowfactory SUBCOMMAND --help` explains every option.
+
+    flowfactory generate "a red circle" -o out.png
+    flowfactory train --recipe tiny-shapes --out runs/tiny
+    flowfactory train-ae --model demo --out runs/ae
+    flowfactory convert IN OUT --to diffusers|reference --component transformer|autoencoder
+    flowfactory info --model flux1-dev --resolution 1024
+
+User errors print one line (`error: ...`) and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from flowfactory.errors import UserError
+
+DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "shapes-demo.safetensors"
+
+
+def _device_dtype(args):
+    import torch
+
+    from flowfactory.train.distributed import resolve_device
+
+    device = resolve_device(args.device)
+    return device, (torch.bfloat16 if args.bf16 or device.type == "cuda" else None)
+
+
+def cmd_generate(args) -> None:
+    from flowfactory.images import save_grid, save_image
+    from flowfactory.pipeline import Pipeline
+
+    ckpt = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
+    if not args.prompt.strip():
+        raise UserError("empty prompt: describe the image to generate")
+    device, autocast = _device_dtype(args)
+    t0 = time.perf_counter()
+    dirs = (args.t5, args.clip) if args.t5 or args.clip else None
+    pipe = Pipeline.from_checkpoint(ckpt, model=args.model, text_encoder_dirs=dirs, autoencoder_path=args.autoencoder)
+    pipe.to(device)
+    load_s = time.perf_counter() - t0
+    size = args.size or pipe_default_size(pipe)
+    height, width = args.height or size, args.width or size
+    images, timings = pipe.generate([args.prompt] * args.num_images, height, width, steps=args.steps,
+                                    guidance=args.guidance, seed=args.seed, solver=args.solver,
+                                    autocast=autocast)  # fmt: skip
+    out = Path(args.output)
+    if args.num_images == 1:
+        save_image(images[0], out)
+    else:
+        save_grid(images, out)
+    record = {
+        "prompt": args.prompt, "seed": args.seed, "steps": args.steps, "guidance": args.guidance,
+        "height": height, "width": width, "solver": args.solver, "checkpoint": str(ckpt), "output": str(out),
+        "device": str(device), "timings": {"load_s": load_s, **timings},
+    }  # fmt: skip
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(f"wrote {out} ({height}x{width}, {args.steps} steps, {sum(timings.values()):.2f} s)")
+
+
+def pipe_default_size(pipe) -> int:
+    ae = pipe.cfg.ae
+    return ae.resolution if ae else 16 * pipe.cfg.stride
+
+
+def cmd_train(args) -> None:
+    from flowfactory.config import recipe
+    from flowfactory.pipeline import Pipeline
+    from flowfactory.train.trainer import Trainer
+
+    cfg = recipe(args.recipe)
+    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "precision", "parallel", "grad_accum",
+                                              "image_size", "seed") if getattr(args, k) is not None}  # fmt: skip
+    if args.compile:
+        overrides["compile"] = True
+    cfg = dataclasses.replace(cfg, **overrides)
+    init = None
+    if args.autoencoder:
+        init = Pipeline.with_trained_autoencoder(cfg.model, args.autoencoder, seed=cfg.seed)
+        cfg = dataclasses.replace(cfg, model=init.cfg)
+    trainer = Trainer(cfg, args.out, device=args.device, resume=not args.no_resume, progress=not args.json, init=init)
+    metrics = trainer.fit()
+    if trainer.env.is_main:
+        print(json.dumps(metrics) if args.json else f"done: step {trainer.step}, {metrics}")
+
+
+def cmd_train_ae(args) -> None:
+    from flowfactory.config import model_config
+    from flowfactory.train.autoencoder import AETrainConfig, train_autoencoder
+
+    cfg = AETrainConfig(model=model_config(args.model), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                        image_size=args.image_size, kl_weight=args.kl_weight, gan_weight=args.gan_weight,
+                        gan_start=args.gan_start, seed=args.seed)  # fmt: skip
+    path = train_autoencoder(cfg, args.out, device=args.device, progress=not args.json)
+    print(json.dumps({"checkpoint": str(path)}) if args.json else f"wrote {path}")
+
+
+def cmd_convert(args) -> None:
+    from safetensors.torch import save_file
+
+    from flowfactory.checkpoint import atomic_write, load_checkpoint
+    from flowfactory.models import convert as C
+
+    _, comps = load_checkpoint(args.input)
+    component = args.component
+    sd = comps.get(component) or comps.get("bare")
+    if sd is None:
+        raise UserError(f"{args.input} has no {component} component (it has: {', '.join(comps)})")
+    fn = {
+        ("transformer", "diffusers"): C.flux_to_diffusers,
+        ("transformer", "reference"): C.flux_from_diffusers,
+        ("autoencoder", "diffusers"): C.ae_to_diffusers,
+        ("autoencoder", "reference"): C.ae_from_diffusers,
+    }[(component, args.to)]
+    try:
+        out = fn(sd)
+    except C.ConversionError as e:
+        raise UserError(f"{args.input}: {e}") from None
+    atomic_write(args.output, lambda tmp: save_file({k: v.contiguous() for k, v in out.items()}, tmp))
+    msg = {"input": args.input, "output": args.output, "tensors": len(out), "layout": args.to}
+    print(json.dumps(msg) if args.json else f"wrote {args.output} ({len(out)} tensors, {args.to} layout)")
+
+
+def cmd_info(args) -> None:
+    import torch
+
+    from flowfactory.config import model_config
+    from flowfactory.models.flux import Flux, count_params, forward_flops
+
+    cfg = model_config(args.model)
+    if args.resolution % cfg.stride:
+        raise UserError(f"resolution {args.resolution} is not a multiple of the model's stride {cfg.stride}")
+    with torch.device("meta"):
+        n = count_params(Flux(cfg.flux))
+    n_img = (args.resolution // cfg.stride) ** 2
+    n_txt = args.text_tokens if args.text_tokens is not None else cfg.text.max_len
+    flops = forward_flops(cfg.flux, n_img, n_txt)
+    info = {"model": cfg.name, "parameters": n, "resolution": args.resolution, "image_tokens": n_img,
+            "text_tokens": n_txt, "forward_flops": flops, "guidance_embed": cfg.flux.guidance_embed,
+            "flux_params": dataclasses.asdict(cfg.flux)}  # fmt: skip
+    if args.json:
+        print(json.dumps(info))
+        return
+    print(f"{cfg.name}: {n / 1e6:,.2f}M transformer parameters, guidance embedding: {cfg.flux.guidance_embed}")
+    print(f"forward at {args.resolution}x{args.resolution} ({n_img} image + {n_txt} text tokens): "
+          f"{flops / 1e12:,.3f} TFLOP")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from flowfactory.config import MODELS, RECIPES
+    from flowfactory.flow.sampling import SOLVERS
+
+    p = argparse.ArgumentParser(prog="flowfactory", description="Train, evaluate and serve FLUX-family flow models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="text to image")
+    g.add_argument("prompt", help="what to draw")
+    g.add_argument("-o", "--output", default="out.png", help="PNG to write (a grid when --num-images > 1)")
+    g.add_argument("--checkpoint", help="flowfactory or reference transformer file (default: the shipped demo model)")
+    g.add_argument("--model", choices=list(MODELS), help="config of a bare reference checkpoint (e.g. flux1-dev)")
+    g.add_argument("--autoencoder", help="autoencoder file for a bare transformer checkpoint (e.g. ae.safetensors)")
+    g.add_argument("--t5", help="local T5 encoder directory (FLUX.1 models)")
+    g.add_argument("--clip", help="local CLIP text model directory (FLUX.1 models)")
+    g.add_argument("--seed", type=int, default=0, help="noise seed (image i uses seed + i)")
+    g.add_argument("--steps", type=int, default=28, help="solver steps")
+    g.add_argument("--guidance", type=float, default=3.5,
+                   help="guidance scale: embedded for guidance-distilled models, true CFG otherwise (1 = off)")
+    g.add_argument("--solver", choices=list(SOLVERS), default="euler", help="ODE solver")
+    g.add_argument("--size", type=int, help="square image side (default: the model's training resolution)")
+    g.add_argument("--height", type=int, help="image height (overrides --size)")
+    g.add_argument("--width", type=int, help="image width (overrides --size)")
+    g.add_argument("--num-images", type=int, default=1, help="images for the prompt, saved as one grid")
+    g.add_argument("--device", default="cpu", help="cpu or cuda (cuda runs in bf16)")
+    g.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU too (faster on CPUs with AMX/AVX512-BF16)")
+    g.add_argument("--json", action="store_true", help="print a JSON record (prompt, seed, steps, guidance, timings)")
+    g.set_defaults(func=cmd_generate)
+
+    t = sub.add_parser("train", help="train the transformer (and the embedded text encoder) with rectified flow")
+    t.add_argument("--recipe", choices=list(RECIPES), default="tiny-shapes", help="named training recipe")
+    t.add_argument("--out", required=True, help="run directory (resumes from it when it holds train_state.pt)")
+    t.add_argument("--autoencoder", help="trained autoencoder checkpoint (from train-ae) for latent models")
+    t.add_argument("--steps", type=int, help="override: optimizer steps")
+    t.add_argument("--batch-size", type=int, help="override: global batch size")
+    t.add_argument("--grad-accum", type=int, help="override: micro-batches per step")
+    t.add_argument("--lr", type=float, help="override: peak learning rate")
+    t.add_argument("--image-size", type=int, help="override: training resolution")
+    t.add_argument("--precision", choices=["fp32", "bf16"], help="override: fp32 or bf16 autocast")
+    t.add_argument("--parallel", choices=["ddp", "fsdp"], help="override: data parallelism under torchrun")
+    t.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
+    t.add_argument("--seed", type=int, help="override: seed of data, noise and initialisation")
+    t.add_argument("--no-resume", action="store_true", help="start over even if the run directory has a state")
+    t.add_argument("--device", default="cpu", help="cpu or cuda")
+    t.add_argument("--json", action="store_true", help="no progress bar; print the final metrics as JSON")
+    t.set_defaults(func=cmd_train)
+
+    a = sub.add_parser("train-ae", help="train a latent autoencoder (reconstruction + KL, optional patch-GAN)")
+    a.add_argument("--model", choices=list(MODELS), default="demo", help="model whose autoencoder config to train")
+    a.add_argument("--out", required=True, help="run directory; writes autoencoder.safetensors")
+    a.add_argument("--steps", type=int, default=3000)
+    a.add_argument("--batch-size", type=int, default=32)
+    a.add_argument("--lr", type=float, default=1e-3)
+    a.add_argument("--image-size", type=int, default=64)
+    a.add_argument("--kl-weight", type=float, default=1e-6, help="weight of the KL term")
+    a.add_argument("--gan-weight", type=float, default=0.0, help="weight of the patch-GAN loss (0: off)")
+    a.add_argument("--gan-start", type=int, default=1000, help="step from which the GAN loss applies")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--device", default="cpu", help="cpu or cuda")
+    a.add_argument("--json", action="store_true", help="no progress bar; print the result as JSON")
+    a.set_defaults(func=cmd_train_ae)
+
+    c = sub.add_parser("convert", help="convert a checkpoint between the reference and the diffusers layouts")
+    c.add_argument("input", help="safetensors file (flowfactory checkpoint or bare state dict)")
+    c.add_argument("output", help="safetensors file to write (bare state dict)")
+    c.add_argument("--to", choices=["diffusers", "reference"], required=True, help="target layout")
+    c.add_argument("--component", choices=["transformer", "autoencoder"], default="transformer")
+    c.add_argument("--json", action="store_true", help="print a JSON record")
+    c.set_defaults(func=cmd_convert)
+
+    i = sub.add_parser("info", help="parameters and forward FLOPs of a named model")
+    i.add_argument("--model", choices=list(MODELS), default="flux1-dev")
+    i.add_argument("--resolution", type=int, default=1024, help="square image side in pixels")
+    i.add_argument("--text-tokens", type=int, help="text tokens (default: the model's text length)")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Typed configs, the named model registry and the training recipes.
+
+- `ModelConfig`: transformer + autoencoder (or pixel space) + text encoder, checked for
+  consistency at construction. `MODELS` maps a name to a function returning one; it also
+  feeds the CLI's `--model` choices.
+- `TrainConfig`: every training hyperparameter, documented where it is declared.
+  `RECIPES` maps a name to a function returning a whole `TrainConfig`; variants call a
+  base recipe and change a few fields.
+- `to_json` / `from_json`: the config stored in every checkpoint's metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from flowfactory.errors import UserError
+from flowfactory.models.autoencoder import AutoEncoderParams
+from flowfactory.models.flux import FluxParams
+from flowfactory.models.text import DualTextParams, EmbeddedTextParams, TextParams
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    flux: FluxParams
+    ae: AutoEncoderParams | None  # None: pixel space, the image itself (3 channels) is the latent
+    text: TextParams
+    patch: int = 2  # latent pixels per token side (FLUX packs 2x2 latent patches)
+
+    def __post_init__(self):
+        ch = self.latent_channels * self.patch**2
+        if self.flux.out_channels != ch:
+            raise ValueError(f"{self.name}: out_channels {self.flux.out_channels} != latent channels x patch^2 = {ch}")
+        if self.flux.context_in_dim != self.text.dim:
+            raise ValueError(f"{self.name}: context_in_dim {self.flux.context_in_dim} != text dim {self.text.dim}")
+        if self.flux.vec_in_dim != self.text.pooled_dim:
+            raise ValueError(f"{self.name}: vec_in_dim {self.flux.vec_in_dim} != pooled dim {self.text.pooled_dim}")
+
+    @property
+    def latent_channels(self) -> int:
+        return self.ae.z_channels if self.ae else 3
+
+    @property
+    def stride(self) -> int:
+        """Image pixels per token side: images must be multiples of it."""
+        return (self.ae.downsample if self.ae else 1) * self.patch
+
+
+def flux1_dev() -> ModelConfig:
+    return ModelConfig("flux1-dev", FluxParams(), AutoEncoderParams(), DualTextParams())
+
+
+def flux1_schnell() -> ModelConfig:
+    cfg = flux1_dev()
+    return dataclasses.replace(
+        cfg, name="flux1-schnell", flux=dataclasses.replace(cfg.flux, guidance_embed=False), text=DualTextParams(max_len=256)
+    )
+
+
+def _small(name: str, hidden: int, heads: int, depth: int, single: int, axes: list[int], ae, text, guidance=False):
+    ch = (ae.z_channels if ae else 3) * 4
+    flux = FluxParams(
+        in_channels=ch, out_channels=ch, vec_in_dim=text.pooled_dim, context_in_dim=text.dim, hidden_size=hidden,
+        num_heads=heads, depth=depth, depth_single_blocks=single, axes_dim=axes, guidance_embed=guidance,
+    )  # fmt: skip
+    return ModelConfig(name, flux, ae, text)
+
+
+def tiny() -> ModelConfig:
+    """Unit-test size: ~0.1M parameters, pixel space, 16x16 images -> 64 tokens."""
+    text = EmbeddedTextParams(vocab_size=512, dim=32, depth=1, num_heads=2, max_len=12, pooled_dim=32)
+    return _small("tiny", 32, 2, 1, 1, [4, 6, 6], None, text)
+
+
+def tiny_ae() -> AutoEncoderParams:
+    return AutoEncoderParams(resolution=32, ch=16, ch_mult=[1, 2], num_res_blocks=1, z_channels=4, norm_groups=8,
+                             scale_factor=1.0, shift_factor=0.0)  # fmt: skip
+
+
+def tiny_latent() -> ModelConfig:
+    """`tiny` on a tiny f=2 autoencoder (tests of the latent path)."""
+    cfg = tiny()
+    return _small("tiny-latent", 32, 2, 1, 1, [4, 6, 6], tiny_ae(), cfg.text)
+
+
+def demo() -> ModelConfig:
+    """CPU-trainable: ~8M parameters on an f=4 autoencoder, 64x64 images -> 8x8 = 64 tokens."""
+    ae = AutoEncoderParams(resolution=64, ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, z_channels=8, norm_groups=16,
+                           scale_factor=1.0, shift_factor=0.0)  # fmt: skip
+    text = EmbeddedTextParams(vocab_size=4096, dim=128, depth=2, num_heads=4, max_len=16, pooled_dim=128)
+    return _small("demo", 256, 4, 2, 4, [8, 28, 28], ae, text)
+
+
+def flux_100m() -> ModelConfig:
+    """GPU ladder rung: ~100M-parameter transformer on the FLUX.1 autoencoder and text encoders."""
+    return ModelConfig("flux-100m", FluxParams(hidden_size=768, num_heads=12, depth=2, depth_single_blocks=6,
+                                               axes_dim=[8, 28, 28], guidance_embed=False),
+                       AutoEncoderParams(), DualTextParams())  # fmt: skip
+
+
+def flux_1b() -> ModelConfig:
+    """GPU ladder rung: ~1B-parameter transformer on the FLUX.1 autoencoder and text encoders."""
+    return ModelConfig("flux-1b", FluxParams(hidden_size=2048, num_heads=16, depth=4, depth_single_blocks=6,
+                                             guidance_embed=False),
+                       AutoEncoderParams(), DualTextParams())  # fmt: skip
+
+
+MODELS: dict[str, Callable[[], ModelConfig]] = {
+    "flux1-dev": flux1_dev,
+    "flux1-schnell": flux1_schnell,
+    "tiny": tiny,
+    "tiny-latent": tiny_latent,
+    "demo": demo,
+    "flux-100m": flux_100m,
+    "flux-1b": flux_1b,
+}
+
+
+def model_config(name: str) -> ModelConfig:
+    if name not in MODELS:
+        raise UserError(f"unknown model '{name}' (choose from: {', '.join(MODELS)})")
+    return MODELS[name]()
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig
+    dataset: str = "shapes"  # data source (see flowfactory.data.build_dataset)
+    dataset_size: int = 0  # 0: an endless stream; N: a fixed set of N samples, cycled
+    image_size: int = 64  # training resolution (square); a multiple of the model's stride
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 32  # global batch per optimizer step (over all ranks and accumulation steps)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 3e-4
+    warmup: int = 100  # linear warmup steps, then constant
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0  # max global gradient norm (0: off)
+    ema_decay: float = 0.999  # EMA of the weights used for samples and the exported model (0: off)
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast; master weights stay fp32)
+    timestep_sampler: str = "logit-normal"  # "logit-normal" or "uniform"
+    logit_mean: float = 0.0  # logit-normal m
+    logit_std: float = 1.0  # logit-normal s
+    resolution_shift: bool = True  # apply the FLUX resolution shift (mu linear in the token count)
+    text_dropout: float = 0.1  # probability of an empty prompt, for classifier-free guidance
+    train_text_encoder: bool = True  # the embedded encoder trains with the model; real ones stay frozen
+    seed: int = 0
+    val_every: int = 100  # steps between validation-loss evaluations (0: off)
+    val_samples: int = 64  # held-out samples for the validation loss
+    val_timesteps: int = 8  # evenly spaced t in (0, 1) at which the validation loss is taken
+    sample_every: int = 500  # steps between sample grids (0: off)
+    sample_prompts: list[str] = field(default_factory=lambda: ["a red circle", "a blue square on a white background"])
+    sample_steps: int = 20
+    checkpoint_every: int = 500  # steps between checkpoints (the last step is always saved)
+    log_every: int = 10
+    parallel: str = "ddp"  # under torchrun: "ddp" or "fsdp"
+    compile: bool = False  # torch.compile the transformer blocks
+
+
+def tiny_shapes() -> TrainConfig:
+    """Seconds on a CPU: the unit-test recipe."""
+    return TrainConfig(model=tiny(), dataset_size=256, image_size=16, steps=200, batch_size=16, lr=2e-3, warmup=20,
+                       ema_decay=0.0, val_every=50, val_samples=32, sample_every=0, checkpoint_every=100,
+                       sample_steps=8, log_every=10)  # fmt: skip
+
+
+def shapes_demo() -> TrainConfig:
+    """The shipped demo model: the `demo` size on the shapes world at 64x64."""
+    return TrainConfig(model=demo(), image_size=64, steps=20000, batch_size=64, lr=5e-4, warmup=500,
+                       ema_decay=0.999, precision="bf16", val_every=500, sample_every=2000,
+                       checkpoint_every=2000)  # fmt: skip
+
+
+RECIPES: dict[str, Callable[[], TrainConfig]] = {"tiny-shapes": tiny_shapes, "shapes-demo": shapes_demo}
+
+
+def recipe(name: str) -> TrainConfig:
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe '{name}' (choose from: {', '.join(RECIPES)})")
+    return RECIPES[name]()
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON round trip. Union-typed fields carry their class name so the file alone rebuilds the model.
+
+_TAGGED = {c.__name__: c for c in (EmbeddedTextParams, DualTextParams, AutoEncoderParams, FluxParams, ModelConfig)}
+
+
+def _encode(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {"__type__": type(obj).__name__, **{f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
+    if isinstance(obj, (list, tuple)):
+        return [_encode(x) for x in obj]
+    return obj
+
+
+def _decode(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        fields = {k: _decode(v) for k, v in obj.items() if k != "__type__"}
+        if "__type__" in obj:
+            cls = _TAGGED.get(obj["__type__"]) or (TrainConfig if obj["__type__"] == "TrainConfig" else None)
+            if cls is None:
+                raise UserError(f"unknown config type {obj['__type__']} in checkpoint metadata")
+            if cls is TrainConfig and "betas" in fields:
+                fields["betas"] = tuple(fields["betas"])
+            return cls(**fields)
+        return fields
+    if isinstance(obj, list):
+        return [_decode(x) for x in obj]
+    return obj
+
+
+def to_json(cfg: Any) -> str:
+    return json.dumps(_encode(cfg))
+
+
+def from_json(text: str) -> Any:
+    return _decode(json.loads(text))

@@ -1,0 +1,199 @@
+"""The model bundle (transformer + autoencoder + text encoder) and text-to-image generation.
+
+Token preparation follows the reference `sampling.py`: latents `[B, C, H, W]` are packed
+into 2x2 patches `[B, (H/2)(W/2), 4C]`; image ids are `(0, row, col)`, text ids are zeros.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from flowfactory.checkpoint import load_checkpoint, load_into, save_checkpoint
+from flowfactory.config import ModelConfig, model_config
+from flowfactory.errors import UserError
+from flowfactory.flow.sampling import SOLVERS, get_schedule, noise_like, true_cfg
+from flowfactory.models.autoencoder import AutoEncoder
+from flowfactory.models.flux import Flux, init_weights
+from flowfactory.models.text import EmbeddedTextParams, build_text_encoder
+
+
+def pack(z: Tensor, patch: int = 2) -> Tensor:
+    return rearrange(z, "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=patch, pw=patch)
+
+
+def unpack(x: Tensor, h: int, w: int, patch: int = 2) -> Tensor:
+    """Inverse of `pack` for a latent of `h x w` tokens."""
+    return rearrange(x, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=h, w=w, ph=patch, pw=patch)
+
+
+def image_ids(batch: int, h: int, w: int, offset: float = 0.0, device=None) -> Tensor:
+    """RoPE positions `(offset, row, col)` for `h x w` tokens -> `[B, h*w, 3]`."""
+    ids = torch.zeros(h, w, 3, device=device)
+    ids[..., 0] = offset
+    ids[..., 1] = torch.arange(h, device=device)[:, None]
+    ids[..., 2] = torch.arange(w, device=device)[None, :]
+    return repeat(ids, "h w c -> b (h w) c", b=batch)
+
+
+def text_ids(txt: Tensor) -> Tensor:
+    return torch.zeros(txt.shape[0], txt.shape[1], 3, device=txt.device)
+
+
+@dataclass
+class GenerateRecord:
+    prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    height: int
+    width: int
+    solver: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Pipeline(nn.Module):
+    def __init__(self, cfg: ModelConfig, transformer: Flux, autoencoder: AutoEncoder | None, text_encoder: nn.Module):
+        super().__init__()
+        self.cfg = cfg
+        self.transformer = transformer
+        self.autoencoder = autoencoder
+        self.text_encoder = text_encoder
+
+    # ----- construction and files -----------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, seed: int = 0) -> "Pipeline":
+        """Freshly initialised weights (for training from scratch)."""
+        torch.manual_seed(seed)
+        ae = AutoEncoder(cfg.ae) if cfg.ae else None
+        return cls(cfg, init_weights(Flux(cfg.flux)), ae, build_text_encoder(cfg.text))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, model: str | None = None, text_encoder_dirs: tuple[str, str] | None = None,
+                        autoencoder_path: str | None = None) -> "Pipeline":  # fmt: skip
+        """A flowfactory checkpoint, or a bare reference transformer file with `model` naming its config."""
+        cfg, comps = load_checkpoint(path)
+        if cfg is None:
+            if model is None:
+                raise UserError(f"{path} has no flowfactory metadata: name its config with --model")
+            cfg = model_config(model)
+            comps = {"transformer": comps["bare"]}
+        if text_encoder_dirs is not None and not isinstance(cfg.text, EmbeddedTextParams):
+            cfg.text.t5_path, cfg.text.clip_path = text_encoder_dirs
+        with torch.device("meta"):
+            transformer = Flux(cfg.flux)
+        load_into(transformer, comps["transformer"], "transformer", path)
+        ae = None
+        if cfg.ae:
+            ae_sd = comps.get("autoencoder")
+            if ae_sd is None and autoencoder_path:
+                _, ae_comps = load_checkpoint(autoencoder_path)
+                ae_sd = next(iter(ae_comps.values()))
+            if ae_sd is None:
+                raise UserError(f"{path} has no autoencoder: give one with --autoencoder")
+            with torch.device("meta"):
+                ae = AutoEncoder(cfg.ae)
+            load_into(ae, ae_sd, "autoencoder", path)
+        text = build_text_encoder(cfg.text)
+        if "text_encoder" in comps:
+            load_into(text, comps["text_encoder"], "text encoder", path)
+        return cls(cfg, transformer, ae, text).eval()
+
+    @classmethod
+    def with_trained_autoencoder(cls, cfg: ModelConfig, path: str | Path, seed: int = 0) -> "Pipeline":
+        """Fresh transformer and text encoder on a trained autoencoder (its scale / shift included)."""
+        ae_cfg, comps = load_checkpoint(path)
+        if ae_cfg is None or ae_cfg.ae is None or "autoencoder" not in comps:
+            raise UserError(f"{path} is not a flowfactory autoencoder checkpoint (write one with train-ae)")
+        if dataclasses.replace(ae_cfg.ae, scale_factor=0, shift_factor=0) != dataclasses.replace(
+            cfg.ae, scale_factor=0, shift_factor=0
+        ):
+            raise UserError(f"{path}: its autoencoder shape differs from model '{cfg.name}'")
+        pipe = cls.from_config(dataclasses.replace(cfg, ae=ae_cfg.ae), seed=seed)
+        load_into(pipe.autoencoder, comps["autoencoder"], "autoencoder", path)
+        return pipe
+
+    def save(self, path: str | Path, extra_metadata: dict[str, str] | None = None) -> None:
+        comps = {"transformer": self.transformer.state_dict()}
+        if self.autoencoder is not None:
+            comps["autoencoder"] = self.autoencoder.state_dict()
+        if isinstance(self.cfg.text, EmbeddedTextParams):
+            comps["text_encoder"] = self.text_encoder.state_dict()
+        save_checkpoint(path, self.cfg, comps, extra_metadata)
+
+    # ----- data <-> tokens -----------------------------------------------------------------
+    def check_size(self, height: int, width: int) -> None:
+        s = self.cfg.stride
+        if height <= 0 or width <= 0 or height % s or width % s:
+            raise UserError(f"image size {height}x{width} is not a positive multiple of the model's stride {s}")
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Pixels in [-1, 1] `[B, 3, H, W]` -> latents `[B, C, H/f, W/f]` (pixel space: unchanged)."""
+        return self.autoencoder.encode(images) if self.autoencoder is not None else images
+
+    def decode_latents(self, z: Tensor) -> Tensor:
+        return self.autoencoder.decode(z) if self.autoencoder is not None else z
+
+    def encode_text(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        return self.text_encoder(prompts)
+
+    def velocity(self, txt: Tensor, pooled: Tensor, h: int, w: int, guidance: float | None = None):
+        """The transformer as a `velocity(x, t)` callable for a fixed prompt batch and token grid."""
+        b = txt.shape[0]
+        ids, tids = image_ids(b, h, w, device=txt.device), text_ids(txt)
+        g = torch.full((b,), guidance, device=txt.device, dtype=txt.dtype) if guidance is not None else None
+
+        def v(x: Tensor, t: float) -> Tensor:
+            ts = torch.full((b,), t, device=x.device, dtype=x.dtype)
+            return self.transformer(x, ids, txt, tids, ts, pooled, g)
+
+        return v
+
+    # ----- generation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: list[str], height: int, width: int, steps: int = 28, guidance: float = 3.5,
+                 seed: int = 0, solver: str = "euler", shift: bool = True,
+                 autocast: torch.dtype | None = None) -> tuple[Tensor, dict[str, float]]:  # fmt: skip
+        """Prompts -> images in [-1, 1] `[B, 3, H, W]` and timings.
+
+        Guidance-embedding models take `guidance` in one pass per step; others use true CFG
+        (two passes per step; `guidance` 1 turns it off). Image i uses seed `seed + i`.
+        """
+        if any(not p.strip() for p in prompts):
+            raise UserError("empty prompt: describe the image to generate")
+        if solver not in SOLVERS:
+            raise UserError(f"unknown solver '{solver}' (choose from: {', '.join(SOLVERS)})")
+        if steps < 1:
+            raise UserError(f"steps must be at least 1, got {steps}")
+        self.check_size(height, width)
+        device = next(self.transformer.parameters()).device
+        ds = self.cfg.ae.downsample if self.cfg.ae else 1
+        lh, lw = height // ds, width // ds
+        h, w = lh // self.cfg.patch, lw // self.cfg.patch
+        timings: dict[str, float] = {}
+        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            t0 = time.perf_counter()
+            txt, pooled = self.encode_text(prompts)
+            embedded = self.cfg.flux.guidance_embed
+            velocity = self.velocity(txt, pooled, h, w, guidance if embedded else None)
+            if not embedded and guidance != 1.0:
+                txt_u, pooled_u = self.encode_text([""] * len(prompts))
+                velocity = true_cfg(velocity, self.velocity(txt_u, pooled_u, h, w), guidance)
+            noise = torch.cat(
+                [noise_like((1, self.cfg.latent_channels, lh, lw), seed + i) for i in range(len(prompts))]
+            ).to(device)
+            timings["text_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            x = SOLVERS[solver](velocity, pack(noise, self.cfg.patch), get_schedule(steps, h * w, shift=shift))
+            timings["denoise_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            images = self.decode_latents(unpack(x.float(), h, w, self.cfg.patch).to(x.dtype))
+            timings["decode_s"] = time.perf_counter() - t0
+        return images.float().clamp(-1, 1), timings
+
