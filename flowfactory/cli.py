@@ -45,7 +45,7 @@ def cmd_generate(args) -> None:
     pipe = Pipeline.from_checkpoint(ckpt, model=args.model, text_encoder_dirs=dirs, autoencoder_path=args.autoencoder)
     pipe.to(device)
     load_s = time.perf_counter() - t0
-    size = args.size or pipe_default_size(pipe)
+    size = args.size or pipe.cfg.resolution
     height, width = args.height or size, args.width or size
     images, timings = pipe.generate([args.prompt] * args.num_images, height, width, steps=args.steps,
                                     guidance=args.guidance, seed=args.seed, solver=args.solver,
@@ -66,11 +66,6 @@ def cmd_generate(args) -> None:
         print(f"wrote {out} ({height}x{width}, {args.steps} steps, {sum(timings.values()):.2f} s)")
 
 
-def pipe_default_size(pipe) -> int:
-    ae = pipe.cfg.ae
-    return ae.resolution if ae else 16 * pipe.cfg.stride
-
-
 def cmd_train(args) -> None:
     from flowfactory.config import recipe
     from flowfactory.pipeline import Pipeline
@@ -83,6 +78,8 @@ def cmd_train(args) -> None:
         overrides["compile"] = True
     cfg = dataclasses.replace(cfg, **overrides)
     init = None
+    if cfg.model.ae is not None and not args.autoencoder:
+        raise UserError(f"model '{cfg.model.name}' trains on latents: pass --autoencoder (a train-ae checkpoint)")
     if args.autoencoder:
         init = Pipeline.with_trained_autoencoder(cfg.model, args.autoencoder, seed=cfg.seed)
         cfg = dataclasses.replace(cfg, model=init.cfg)
@@ -165,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", help="what to draw")
     g.add_argument("-o", "--output", default="out.png", help="PNG to write (a grid when --num-images > 1)")
     g.add_argument("--checkpoint", help="flowfactory or reference transformer file (default: the shipped demo model)")
-    g.add_argument("--model", choices=list(MODELS), help="config of a bare reference checkpoint (e.g. flux1-dev)")
+    g.add_argument("--model", help=f"config of a bare reference checkpoint: {', '.join(MODELS)}")
     g.add_argument("--autoencoder", help="autoencoder file for a bare transformer checkpoint (e.g. ae.safetensors)")
     g.add_argument("--t5", help="local T5 encoder directory (FLUX.1 models)")
     g.add_argument("--clip", help="local CLIP text model directory (FLUX.1 models)")
@@ -179,12 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=int, help="image width (overrides --size)")
     g.add_argument("--num-images", type=int, default=1, help="images for the prompt, saved as one grid")
     g.add_argument("--device", default="cpu", help="cpu or cuda (cuda runs in bf16)")
-    g.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU too (faster on CPUs with AMX/AVX512-BF16)")
+    g.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast on the CPU too (only CPUs with AVX512-BF16 or AMX run it fast)")
     g.add_argument("--json", action="store_true", help="print a JSON record (prompt, seed, steps, guidance, timings)")
     g.set_defaults(func=cmd_generate)
 
     t = sub.add_parser("train", help="train the transformer (and the embedded text encoder) with rectified flow")
-    t.add_argument("--recipe", choices=list(RECIPES), default="tiny-shapes", help="named training recipe")
+    t.add_argument("--recipe", default="tiny-shapes", help=f"named training recipe: {', '.join(RECIPES)}")
     t.add_argument("--out", required=True, help="run directory (resumes from it when it holds train_state.pt)")
     t.add_argument("--autoencoder", help="trained autoencoder checkpoint (from train-ae) for latent models")
     t.add_argument("--steps", type=int, help="override: optimizer steps")
@@ -202,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     a = sub.add_parser("train-ae", help="train a latent autoencoder (reconstruction + KL, optional patch-GAN)")
-    a.add_argument("--model", choices=list(MODELS), default="demo", help="model whose autoencoder config to train")
+    a.add_argument("--model", default="demo", help=f"model whose autoencoder config to train: {', '.join(MODELS)}")
     a.add_argument("--out", required=True, help="run directory; writes autoencoder.safetensors")
     a.add_argument("--steps", type=int, default=3000)
     a.add_argument("--batch-size", type=int, default=32)
@@ -225,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_convert)
 
     i = sub.add_parser("info", help="parameters and forward FLOPs of a named model")
-    i.add_argument("--model", choices=list(MODELS), default="flux1-dev")
+    i.add_argument("--model", default="flux1-dev", help=f"one of: {', '.join(MODELS)}")
     i.add_argument("--resolution", type=int, default=1024, help="square image side in pixels")
     i.add_argument("--text-tokens", type=int, help="text tokens (default: the model's text length)")
     i.add_argument("--json", action="store_true", help="print JSON")

@@ -29,6 +29,7 @@ class ModelConfig:
     ae: AutoEncoderParams | None  # None: pixel space, the image itself (3 channels) is the latent
     text: TextParams
     patch: int = 2  # latent pixels per token side (FLUX packs 2x2 latent patches)
+    resolution: int = 1024  # default image side for generation (the training resolution)
 
     def __post_init__(self):
         ch = self.latent_channels * self.patch**2
@@ -60,19 +61,19 @@ def flux1_schnell() -> ModelConfig:
     )
 
 
-def _small(name: str, hidden: int, heads: int, depth: int, single: int, axes: list[int], ae, text, guidance=False):
+def _small(name: str, hidden: int, heads: int, depth: int, single: int, axes: list[int], ae, text, resolution: int):
     ch = (ae.z_channels if ae else 3) * 4
     flux = FluxParams(
         in_channels=ch, out_channels=ch, vec_in_dim=text.pooled_dim, context_in_dim=text.dim, hidden_size=hidden,
-        num_heads=heads, depth=depth, depth_single_blocks=single, axes_dim=axes, guidance_embed=guidance,
+        num_heads=heads, depth=depth, depth_single_blocks=single, axes_dim=axes, guidance_embed=False,
     )  # fmt: skip
-    return ModelConfig(name, flux, ae, text)
+    return ModelConfig(name, flux, ae, text, resolution=resolution)
 
 
 def tiny() -> ModelConfig:
     """Unit-test size: ~0.1M parameters, pixel space, 16x16 images -> 64 tokens."""
     text = EmbeddedTextParams(vocab_size=512, dim=32, depth=1, num_heads=2, max_len=12, pooled_dim=32)
-    return _small("tiny", 32, 2, 1, 1, [4, 6, 6], None, text)
+    return _small("tiny", 32, 2, 1, 1, [4, 6, 6], None, text, 16)
 
 
 def tiny_ae() -> AutoEncoderParams:
@@ -83,7 +84,7 @@ def tiny_ae() -> AutoEncoderParams:
 def tiny_latent() -> ModelConfig:
     """`tiny` on a tiny f=2 autoencoder (tests of the latent path)."""
     cfg = tiny()
-    return _small("tiny-latent", 32, 2, 1, 1, [4, 6, 6], tiny_ae(), cfg.text)
+    return _small("tiny-latent", 32, 2, 1, 1, [4, 6, 6], tiny_ae(), cfg.text, 16)
 
 
 def demo() -> ModelConfig:
@@ -91,21 +92,21 @@ def demo() -> ModelConfig:
     ae = AutoEncoderParams(resolution=64, ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, z_channels=8, norm_groups=16,
                            scale_factor=1.0, shift_factor=0.0)  # fmt: skip
     text = EmbeddedTextParams(vocab_size=4096, dim=128, depth=2, num_heads=4, max_len=16, pooled_dim=128)
-    return _small("demo", 256, 4, 2, 4, [8, 28, 28], ae, text)
+    return _small("demo", 256, 4, 2, 4, [8, 28, 28], ae, text, 64)
 
 
 def flux_100m() -> ModelConfig:
     """GPU ladder rung: ~100M-parameter transformer on the FLUX.1 autoencoder and text encoders."""
     return ModelConfig("flux-100m", FluxParams(hidden_size=768, num_heads=12, depth=2, depth_single_blocks=6,
                                                axes_dim=[8, 28, 28], guidance_embed=False),
-                       AutoEncoderParams(), DualTextParams())  # fmt: skip
+                       AutoEncoderParams(), DualTextParams(), resolution=512)  # fmt: skip
 
 
 def flux_1b() -> ModelConfig:
     """GPU ladder rung: ~1B-parameter transformer on the FLUX.1 autoencoder and text encoders."""
     return ModelConfig("flux-1b", FluxParams(hidden_size=2048, num_heads=16, depth=4, depth_single_blocks=6,
                                              guidance_embed=False),
-                       AutoEncoderParams(), DualTextParams())  # fmt: skip
+                       AutoEncoderParams(), DualTextParams(), resolution=512)  # fmt: skip
 
 
 MODELS: dict[str, Callable[[], ModelConfig]] = {
@@ -170,7 +171,7 @@ def tiny_shapes() -> TrainConfig:
 def shapes_demo() -> TrainConfig:
     """The shipped demo model: the `demo` size on the shapes world at 64x64."""
     return TrainConfig(model=demo(), image_size=64, steps=20000, batch_size=64, lr=5e-4, warmup=500,
-                       ema_decay=0.999, precision="bf16", val_every=500, sample_every=2000,
+                       ema_decay=0.999, val_every=500, sample_every=2000,
                        checkpoint_every=2000)  # fmt: skip
 
 

@@ -79,6 +79,8 @@ class Pipeline(nn.Module):
                         autoencoder_path: str | None = None) -> "Pipeline":  # fmt: skip
         """A flowfactory checkpoint, or a bare reference transformer file with `model` naming its config."""
         cfg, comps = load_checkpoint(path)
+        if model is not None:
+            model_config(model)  # an unknown name is an error even when the file names its own config
         if cfg is None:
             if model is None:
                 raise UserError(f"{path} has no flowfactory metadata: name its config with --model")

@@ -91,8 +91,11 @@ _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The whole (unsharded) state dict on the CPU, whatever the wrapping; collective under FSDP."""
-    return get_model_state_dict(model, options=_FULL)
+    """The whole (unsharded) state dict on the CPU, whatever the wrapping; collective under FSDP.
+
+    Copies: on the CPU the returned tensors would otherwise alias the live parameters.
+    """
+    return {k: v.detach().clone() for k, v in get_model_state_dict(model, options=_FULL).items()}
 
 
 def load_model_state(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:

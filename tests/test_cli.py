@@ -1,0 +1,115 @@
+"""The command line: outputs, and one-line errors for bad input (no traceback, non-zero exit)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flowfactory.checkpoint import save_checkpoint
+from flowfactory.config import ModelConfig, tiny
+from flowfactory.models.flux import Flux, FluxParams
+from flowfactory.models.text import DualTextParams
+from flowfactory.pipeline import Pipeline
+
+
+def run(*args):
+    proc = subprocess.run([sys.executable, "-m", "flowfactory", *args], capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def assert_one_line_error(rc, err, needle):
+    assert rc != 0
+    assert "Traceback" not in err
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith(("usage:", " "))]
+    assert len(lines) == 1 and needle in lines[0], err
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    Pipeline.from_config(tiny()).save(path)
+    return path
+
+
+def test_generate_writes_png_and_json_record(tiny_ckpt, tmp_path):
+    out = tmp_path / "a.png"
+    rc, stdout, err = run("generate", "a red circle", "-o", str(out), "--checkpoint", str(tiny_ckpt), "--seed", "3",
+                          "--steps", "3", "--guidance", "2", "--json")  # fmt: skip
+    assert rc == 0, err
+    rec = json.loads(stdout)
+    assert rec["prompt"] == "a red circle" and rec["seed"] == 3 and rec["steps"] == 3 and rec["guidance"] == 2.0
+    assert set(rec["timings"]) >= {"load_s", "denoise_s"}
+    from PIL import Image
+
+    assert Image.open(out).size == (16, 16)
+
+
+def test_bad_image_size(tiny_ckpt, tmp_path):
+    rc, _, err = run("generate", "a red circle", "-o", str(tmp_path / "x.png"), "--checkpoint", str(tiny_ckpt),
+                     "--size", "15")  # fmt: skip
+    assert_one_line_error(rc, err, "not a positive multiple of the model's stride 2")
+
+
+def test_empty_prompt(tiny_ckpt):
+    rc, _, err = run("generate", "  ", "--checkpoint", str(tiny_ckpt))
+    assert_one_line_error(rc, err, "empty prompt")
+
+
+def test_unknown_model_name():
+    rc, _, err = run("info", "--model", "flux9-ultra")
+    assert_one_line_error(rc, err, "unknown model 'flux9-ultra'")
+
+
+def test_checkpoint_shapes_do_not_match_config(tmp_path):
+    cfg = tiny()
+    other = Flux(FluxParams(**{**cfg.flux.__dict__, "hidden_size": 48, "axes_dim": [8, 8, 8]}))
+    path = tmp_path / "bad.safetensors"
+    save_checkpoint(path, cfg, {"transformer": other.state_dict()})
+    rc, _, err = run("generate", "a red circle", "--checkpoint", str(path))
+    assert_one_line_error(rc, err, "has shape")
+
+
+def test_missing_checkpoint_and_corrupt_file(tmp_path):
+    rc, _, err = run("generate", "a red circle", "--checkpoint", str(tmp_path / "nope.safetensors"))
+    assert_one_line_error(rc, err, "checkpoint not found")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    rc, _, err = run("generate", "a red circle", "--checkpoint", str(junk))
+    assert_one_line_error(rc, err, "cannot read checkpoint")
+
+
+def test_missing_text_encoder_directory(tmp_path):
+    base = tiny()
+    text = DualTextParams(dim=base.text.dim, pooled_dim=base.text.pooled_dim, max_len=8)
+    cfg = ModelConfig("tiny-dual", base.flux, None, text)
+    path = tmp_path / "dual.safetensors"
+    save_checkpoint(path, cfg, {"transformer": Flux(cfg.flux).state_dict()})
+    rc, _, err = run("generate", "a red circle", "--checkpoint", str(path), "--t5", str(tmp_path / "t5"),
+                     "--clip", str(tmp_path / "clip"))  # fmt: skip
+    assert_one_line_error(rc, err, "T5 text-encoder directory not found")
+
+
+def test_convert_roundtrip_through_cli(tiny_ckpt, tmp_path):
+    d, r = tmp_path / "d.safetensors", tmp_path / "r.safetensors"
+    assert run("convert", str(tiny_ckpt), str(d), "--to", "diffusers")[0] == 0
+    assert "x_embedder.weight" in load_file(d)
+    assert run("convert", str(d), str(r), "--to", "reference")[0] == 0
+    original = Pipeline.from_checkpoint(tiny_ckpt).transformer.state_dict()
+    back = load_file(r)
+    assert set(back) == set(original) and all(torch.equal(back[k], original[k]) for k in original)
+    # a bare reference file loads given its model name
+    rc, _, err = run("generate", "a red circle", "--checkpoint", str(r), "--model", "tiny", "-o", str(tmp_path / "b.png"),
+                     "--steps", "2")  # fmt: skip
+    assert rc == 0, err
+    rc, _, err = run("convert", str(tiny_ckpt), str(d), "--to", "reference")
+    assert_one_line_error(rc, err, "not a diffusers FLUX transformer state dict")
+
+
+def test_info_json():
+    rc, out, _ = run("info", "--model", "flux1-schnell", "--resolution", "512", "--json")
+    info = json.loads(out)
+    assert rc == 0 and info["image_tokens"] == 1024 and not info["guidance_embed"]
+    assert abs(info["parameters"] - 11.89e9) < 0.05e9
