@@ -89,6 +89,14 @@ def compare(a, b, rounds: int, per_round: int) -> dict:
     return {"ours_median_s": ma, "diffusers_median_s": mb, "speedup": mb / ma}
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--hidden", type=int, default=256)
@@ -131,7 +139,7 @@ def main() -> None:
             f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
             if k != "json" and v is not False),
         "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        "machine": f"{cpu_name()} ({platform.machine()}), {torch.get_num_threads()} threads",
         "device": "cpu",
         "torch": torch.__version__,
         "config": {**vars(args), "axes_dim": axes},

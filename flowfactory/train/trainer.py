@@ -118,15 +118,20 @@ class Trainer:
             self.load_state()
 
     # ----- batches ---------------------------------------------------------------------------
-    def batch(self, indices: list[int], dataset, noise_seed: int) -> tuple[Tensor, list[str], Tensor, Tensor]:
-        """-> packed clean latents x0, prompts, noise, t; noise and t seeded per sample index."""
+    def encode(self, indices: list[int], dataset) -> tuple[Tensor, list[str]]:
+        """Samples -> packed clean latents `[B, L, C]` and their captions."""
         images, prompts = zip(*(dataset[i] for i in indices))
         with torch.no_grad():
             x0 = pack(self.pipe.encode_images(torch.stack(images).to(self.env.device)).float(), self.cfg.model.patch)
+        return x0, list(prompts)
+
+    def batch(self, indices: list[int]) -> tuple[Tensor, list[str], Tensor, Tensor]:
+        """-> x0, prompts (with CFG dropout), noise, t; noise, t and dropout seeded per sample index."""
+        x0, prompts = self.encode(indices, self.data)
         noise, ts, dropped = [], [], []
         mu = flux_mu(x0.shape[1]) if self.cfg.resolution_shift else None
         for i, p in zip(indices, prompts):
-            g = torch.Generator().manual_seed(noise_seed * 1_000_000_007 + i)
+            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_000_007 + i)
             noise.append(torch.randn(x0.shape[1:], generator=g))
             ts.append(sample_timesteps(1, g, self.cfg.timestep_sampler, self.cfg.logit_mean, self.cfg.logit_std, mu))
             dropped += drop_text([p], self.cfg.text_dropout, g)
@@ -150,7 +155,7 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             start = (self.step * cfg.grad_accum + micro) * env.world * self.micro + env.rank * self.micro
             indices = list(range(start, start + self.micro))
-            loss = self.loss(*self.batch(indices, self.data, cfg.seed)) / cfg.grad_accum
+            loss = self.loss(*self.batch(indices)) / cfg.grad_accum
             loss.backward()
             total += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
@@ -167,14 +172,11 @@ class Trainer:
     def validation_loss(self) -> float:
         """Mean loss on the held-out set at `val_timesteps` evenly spaced t (fixed noise, no dropout)."""
         k = self.cfg.val_timesteps
-        indices = list(range(self.cfg.val_samples))
-        x0, prompts, _, _ = self.batch(indices, self.val_data, self.cfg.seed + VAL_SEED_OFFSET)
-        prompts = [self.val_data[i][1] for i in indices]  # no text dropout in validation
-        g = torch.Generator().manual_seed(self.cfg.seed + VAL_SEED_OFFSET)
-        noise = torch.randn(x0.shape, generator=g).to(x0)
+        x0, prompts = self.encode(list(range(self.cfg.val_samples)), self.val_data)
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(self.cfg.seed + VAL_SEED_OFFSET)).to(x0)
         losses = []
         for j in range(k):
-            t = torch.full((len(indices),), (j + 0.5) / k, device=x0.device)
+            t = torch.full((x0.shape[0],), (j + 0.5) / k, device=x0.device)
             losses.append(self.loss(x0, prompts, noise, t).item())
         return sum(losses) / k
 
@@ -244,18 +246,18 @@ class Trainer:
         metrics: dict[str, float] = {}
         if cfg.val_every and self.step == 0:
             logger.log({"step": 0, "val_loss": self.validation_loss()})
-        t0 = time.perf_counter()
+        t0, last = time.perf_counter(), self.step
         while self.step < stop:
             metrics = self.train_step()
             metrics["step"] = self.step
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-            if cfg.val_every and self.step % cfg.val_every == 0 or self.step == stop:
+            if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == stop):
                 metrics["val_loss"] = self.validation_loss()
-            if self.step % cfg.log_every == 0 or "val_loss" in metrics:
-                metrics["steps_per_s"] = cfg.log_every / (time.perf_counter() - t0) if self.step % cfg.log_every == 0 else 0.0
+            if self.step % cfg.log_every == 0 or "val_loss" in metrics or self.step == stop:
+                metrics["steps_per_s"] = (self.step - last) / (time.perf_counter() - t0)
                 logger.log(metrics)
-                t0 = time.perf_counter()
+                t0, last = time.perf_counter(), self.step
             if cfg.sample_every and self.step % cfg.sample_every == 0:
                 self.sample_grid()
             if self.step % cfg.checkpoint_every == 0 or self.step == stop:
