@@ -151,6 +151,31 @@ def cmd_info(args) -> None:
           f"{flops / 1e12:,.3f} TFLOP")  # fmt: skip
 
 
+def cmd_eval(args) -> None:
+    from flowfactory.eval import run
+
+    if args.benchmark == "geneval":
+        from flowfactory.pipeline import Pipeline
+
+        device, autocast = _device_dtype(args)
+        ckpt = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
+        pipe = Pipeline.from_checkpoint(ckpt).to(device)
+        rec = run.run_geneval(pipe, args.out, args.images_per_prompt, args.steps, args.guidance, args.batch_size,
+                              args.limit, autocast, progress=not args.json)  # fmt: skip
+        summary = rec["summary"]
+        table = run.markdown_table(summary, run.geneval.TASKS)
+    elif args.benchmark == "editbench":
+        if args.editor not in run.EDITORS:
+            raise UserError(f"unknown editor '{args.editor}' (choose from: {', '.join(run.EDITORS)})")
+        rec = run.run_editbench(run.EDITORS[args.editor], args.out, n=args.pairs, name=args.editor)
+        summary = rec["summary"]
+        table = run.markdown_table({args.editor: summary}, tuple(run.editbench.CATEGORIES))
+    else:  # ground-truth: the scorers on rendered solutions and on noise
+        summary = run.ground_truth_geneval()
+        table = "\n".join(f"{k}: " + ", ".join(f"{s} {v[s]['overall']:.3f}" for s in v) for k, v in summary.items())
+    print(json.dumps(summary) if args.json else table)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from flowfactory.config import MODELS, RECIPES
     from flowfactory.flow.sampling import SOLVERS
@@ -221,6 +246,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--component", choices=["transformer", "autoencoder"], default="transformer")
     c.add_argument("--json", action="store_true", help="print a JSON record")
     c.set_defaults(func=cmd_convert)
+
+    e = sub.add_parser("eval", help="benchmarks on the shapes world: geneval-mini, editbench-mini, scorer checks")
+    e.add_argument("benchmark", choices=["geneval", "editbench", "ground-truth"],
+                   help="geneval: text-to-image of a checkpoint; editbench: an editor; ground-truth: scorer checks")
+    e.add_argument("--checkpoint", help="model to evaluate (default: the shipped demo model)")
+    e.add_argument("--out", default="results", help="directory for the JSON, markdown table and PNG grid")
+    e.add_argument("--images-per-prompt", type=int, default=4)
+    e.add_argument("--steps", type=int, default=20)
+    e.add_argument("--guidance", type=float, default=3.0)
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--limit", type=int, help="only the first N prompts (quick checks)")
+    e.add_argument("--editor", default="identity", help="editbench: ground-truth or identity (the baselines)")
+    e.add_argument("--pairs", type=int, default=200, help="editbench: number of pairs (>= 200 for the benchmark)")
+    e.add_argument("--device", default="cpu", help="cpu or cuda")
+    e.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU")
+    e.add_argument("--json", action="store_true", help="print the summary as JSON")
+    e.set_defaults(func=cmd_eval)
 
     i = sub.add_parser("info", help="parameters and forward FLOPs of a named model")
     i.add_argument("--model", default="flux1-dev", help=f"one of: {', '.join(MODELS)}")

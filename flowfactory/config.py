@@ -89,7 +89,7 @@ def tiny_latent() -> ModelConfig:
 
 def demo() -> ModelConfig:
     """CPU-trainable: ~8M parameters on an f=4 autoencoder, 64x64 images -> 8x8 = 64 tokens."""
-    ae = AutoEncoderParams(resolution=64, ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, z_channels=8, norm_groups=16,
+    ae = AutoEncoderParams(resolution=64, ch=16, ch_mult=[1, 2, 2], num_res_blocks=1, z_channels=8, norm_groups=8,
                            scale_factor=1.0, shift_factor=0.0)  # fmt: skip
     text = EmbeddedTextParams(vocab_size=4096, dim=128, depth=2, num_heads=4, max_len=16, pooled_dim=128)
     return _small("demo", 256, 4, 2, 4, [8, 28, 28], ae, text, 64)
@@ -169,10 +169,12 @@ def tiny_shapes() -> TrainConfig:
 
 
 def shapes_demo() -> TrainConfig:
-    """The shipped demo model: the `demo` size on the shapes world at 64x64."""
-    return TrainConfig(model=demo(), image_size=64, steps=20000, batch_size=64, lr=5e-4, warmup=500,
-                       ema_decay=0.999, val_every=500, sample_every=2000,
-                       checkpoint_every=2000)  # fmt: skip
+    """The shipped demo model: the `demo` size on the shapes world at 64x64 (~1 s/step on 2 CPU cores)."""
+    return TrainConfig(model=demo(), image_size=64, steps=6000, batch_size=32, lr=5e-4, warmup=200,
+                       ema_decay=0.999, val_every=500, sample_every=1000, sample_steps=20,
+                       sample_prompts=["a red circle", "two blue squares", "a green triangle above a yellow cross",
+                                       "the digit 7 in cyan", "the robot", "a large striped purple circle"],
+                       checkpoint_every=500)  # fmt: skip
 
 
 RECIPES: dict[str, Callable[[], TrainConfig]] = {"tiny-shapes": tiny_shapes, "shapes-demo": shapes_demo}

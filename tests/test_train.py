@@ -65,9 +65,11 @@ def test_bf16_and_latent_model_train(tmp_path):
 
 def test_autoencoder_training_improves_reconstruction(tmp_path):
     cfg = AETrainConfig(model=tiny_latent(), image_size=16, steps=60, batch_size=8, lr=2e-3, gan_weight=0.1, gan_start=40)
+    train_autoencoder(dataclasses.replace(cfg, steps=0), tmp_path / "untrained", progress=False)
+    before = read_metrics(tmp_path / "untrained" / "metrics.jsonl")[-1]["val_psnr"]
     path = train_autoencoder(cfg, tmp_path, progress=False)
     metrics = read_metrics(tmp_path / "metrics.jsonl")
-    assert metrics[-1]["val_psnr"] > 18  # an untrained f=2 autoencoder is ~8-10 dB
+    assert metrics[-1]["val_psnr"] > before + 5, (before, metrics[-1])
     assert any("d_loss" in m for m in metrics)
     pipe = Pipeline.with_trained_autoencoder(tiny_latent(), path)
     assert pipe.cfg.ae.scale_factor == pytest.approx(metrics[-1]["scale_factor"])

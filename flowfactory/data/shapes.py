@@ -277,43 +277,44 @@ def sample_scene(rng: np.random.Generator, kind: str | None = None) -> Scene:
 # Captions
 
 
-def phrase(o: Obj, rng: np.random.Generator | None = None, with_size: bool = False, article: str = "a") -> str:
-    """Noun phrase: "a small red circle", "a striped blue square", "the digit 7 in blue", "the robot"."""
+def phrase(o: Obj, with_size: bool = False, with_color: bool = True, article: str = "a") -> str:
+    """Noun phrase: "a small red circle", "a striped blue square", "a red square outline",
+    "the digit 7 in blue", "the robot"."""
     if o.kind == "digit":
         return f"the digit {o.digit} in {o.color}"
     if o.kind == "character":
         return f"the {o.character}"
-    words = [article] + ([o.size] if with_size else []) + ([o.pattern] if o.pattern != "solid" else [])
-    if o.pattern == "outline":
-        words = words[:-1] + [o.color, o.shape, "outline"]
-    else:
-        words += [o.color, o.shape]
+    words = [article] + ([o.size] if with_size else []) + (["striped"] if o.pattern == "striped" else [])
+    words += ([o.color] if with_color else []) + [o.shape] + (["outline"] if o.pattern == "outline" else [])
     return " ".join(words)
 
 
-def plural(o: Obj, n: int, with_size: bool) -> str:
-    return " ".join([NUMBERS[n]] + ([o.size] if with_size else []) + [o.color, o.shape + "es" if o.shape == "cross" else o.shape + "s"])
+def plural(o: Obj, n: int, with_size: bool = False, with_color: bool = True) -> str:
+    noun = o.shape + ("es" if o.shape == "cross" else "s")
+    return " ".join([NUMBERS[n]] + ([o.size] if with_size else []) + ([o.color] if with_color else []) + [noun])
 
 
 def caption(scene: Scene, rng: np.random.Generator) -> str:
-    """A caption from the grammar, with random paraphrase choices."""
+    """A caption from the grammar, with random paraphrase choices (size, colour, wording)."""
     objs = scene.objects
     with_size = bool(rng.random() < 0.5)
+    with_color = bool(rng.random() < 0.9)
     first = objs[0]
     if len(objs) > 1 and all(_identity(o) == _identity(first) for o in objs):
-        text = plural(first, len(objs), with_size)
+        text = plural(first, len(objs), with_size, with_color)
     elif len(objs) == 2 and first.kind == "shape":
         a, b = objs
-        text = f"{phrase(a, with_size=with_size)} {relation(a, b)} {phrase(b, with_size=with_size)}"
+        joiner = relation(a, b) if rng.random() < 0.7 else "and"
+        text = f"{phrase(a, with_size)} {joiner} {phrase(b, with_size)}"
     elif len(objs) > 2:
-        parts = [phrase(o, with_size=with_size) for o in objs]
+        parts = [phrase(o, with_size) for o in objs]
         text = ", ".join(parts[:-1]) + " and " + parts[-1]
     elif first.kind == "digit":
         text = phrase(first) if rng.random() < 0.5 else f"a {first.color} {first.digit}"
     else:
-        text = phrase(first, with_size=with_size)
+        text = phrase(first, with_size, with_color or first.kind != "shape")
         if first.kind == "shape" and rng.random() < 0.3:
-            text = text.replace("a ", "one ", 1)
+            text = "one" + text[1:]
     if rng.random() < 0.5:
         text += f" on a {scene.background} background"
     return text

@@ -158,6 +158,9 @@ def analyze(image) -> Scene:
         obj_labels = np.where(region, labels[box], -1)
         counts = np.bincount(obj_labels[obj].ravel(), minlength=_N_COLORS)[:_N_COLORS]
         color = list(COLORS)[int(counts.argmax())]
+        if max(bh, bw) > SIZES["large"] + 6:  # bigger than any object of the world: not one of them
+            objects.append(Obj("blob", cx, cy, color=color))
+            continue
         multicolor = (counts / max(1, counts.sum()) > 0.05).sum() > 1
         if multicolor and abs(bh - 5 * CHAR_CELL) < 5 and abs(bw - 5 * CHAR_CELL) < 5:
             name, score = _match_character(obj_labels, (slice(None), slice(None)))

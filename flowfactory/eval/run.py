@@ -1,0 +1,101 @@
+"""Running the benchmarks on a model: generate, analyze, score, and write JSON + markdown + PNG grid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flowfactory.data.edits import edit_set
+from flowfactory.data.shapes import render
+from flowfactory.eval import editbench, geneval
+from flowfactory.eval.analyzer import analyze
+from flowfactory.images import save_grid
+
+
+def markdown_table(summary: dict, tasks: tuple[str, ...]) -> str:
+    splits = list(summary)
+    lines = ["| task | " + " | ".join(splits) + " |", "| --- |" + " --- |" * len(splits)]
+    for task in (*tasks, "overall"):
+        cells = []
+        for s in splits:
+            v = summary[s]["overall"] if task == "overall" else summary[s]["tasks"].get(task)
+            cells.append("" if v is None else f"{v:.3f}")
+        if any(cells):
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, name: str, record: dict, table: str, grid: torch.Tensor | None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(record, indent=2))
+    (out / f"{name}.md").write_text(table)
+    if grid is not None:
+        save_grid(grid, out / f"{name}.png", cols=8)
+
+
+@torch.no_grad()
+def run_geneval(pipe, out: str | Path, images_per_prompt: int = 4, steps: int = 20, guidance: float = 3.0,
+                batch_size: int = 64, limit: int | None = None, autocast=None, progress: bool = True) -> dict:  # fmt: skip
+    """Generate `images_per_prompt` images per prompt (image j of the run uses seed j) and score them."""
+    from tqdm import tqdm
+
+    prompts = geneval.prompt_set()[:limit]
+    jobs = [(i, p.text) for i, p in enumerate(prompts) for _ in range(images_per_prompt)]
+    passed: list[list[bool]] = [[] for _ in prompts]
+    size = pipe.cfg.resolution
+    shown = []
+    for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc="geneval"):
+        batch = jobs[start : start + batch_size]
+        images, _ = pipe.generate([t for _, t in batch], size, size, steps=steps, guidance=guidance, seed=start,
+                                  autocast=autocast)  # fmt: skip
+        for (i, _), img in zip(batch, images):
+            passed[i].append(geneval.score(prompts[i], analyze(img)))
+        if len(shown) < 32:
+            shown.extend(images[: 32 - len(shown)])
+    summary = geneval.summarize(prompts, passed)
+    record = {"benchmark": "geneval-mini", "images_per_prompt": images_per_prompt, "steps": steps,
+              "guidance": guidance, "resolution": size, "summary": summary,
+              "per_prompt": [{"prompt": p.text, "task": p.task, "held_out": p.held_out, "passed": v}
+                             for p, v in zip(prompts, passed)]}  # fmt: skip
+    write_report(Path(out), "geneval", record, markdown_table(summary, geneval.TASKS), torch.stack(shown) if shown else None)
+    return record
+
+
+def ground_truth_geneval(seed: int = 0) -> dict:
+    """Score rendered solutions of every prompt (must be 1.0) and pure noise (must be ~0)."""
+    rng = np.random.default_rng(seed)
+    prompts = geneval.prompt_set()
+    truth = [[geneval.score(p, analyze(render(geneval.solve(p, rng))))] for p in prompts]
+    noise = [[geneval.score(p, analyze(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)))] for p in prompts]
+    return {"ground_truth": geneval.summarize(prompts, truth), "noise": geneval.summarize(prompts, noise)}
+
+
+EDITORS = {
+    # baselines: the scorer must give the target 1.0 and the unedited source 0.0
+    "ground-truth": lambda pair, size: render(pair.target, size),
+    "identity": lambda pair, size: render(pair.source, size),
+}
+
+
+def run_editbench(editor, out: str | Path, n: int = 200, size: int = 64, name: str = "editbench") -> dict:
+    """Score `editor(pair, size) -> uint8 [H, W, 3]` on the fixed editbench-mini pairs."""
+    pairs = edit_set(n)
+    passed, psnr, shown = [], [], []
+    for pair in pairs:
+        img = np.asarray(editor(pair, size))
+        passed.append(editbench.matches(analyze(img), pair))
+        psnr.append(editbench.untouched_psnr(img, pair, size))
+        if len(shown) < 16:
+            shown += [render(pair.source, size), img]
+    summary = editbench.summarize(pairs, passed, psnr)
+    record = {"benchmark": "editbench-mini", "editor": name, "summary": summary,
+              "per_pair": [{"category": p.category, "op": p.op, "instruction": p.instruction, "passed": v}
+                           for p, v in zip(pairs, passed)]}  # fmt: skip
+    table = markdown_table({name: summary}, tuple(editbench.CATEGORIES))
+    table += f"\nuntouched-region PSNR: {summary['untouched_psnr_db']:.2f} dB\n"
+    grid = torch.from_numpy(np.stack(shown)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    write_report(Path(out), f"editbench-{name}", record, table, grid)
+    return record

@@ -1,0 +1,91 @@
+"""geneval-mini and editbench-mini: the scorers are proven on ground truth and on noise."""
+
+import collections
+import json
+
+import numpy as np
+
+from flowfactory.config import tiny
+from flowfactory.data.edits import CATEGORIES, edit_set, sample_clip
+from flowfactory.data.shapes import HELD_OUT_PAIRS, render
+from flowfactory.eval import editbench, geneval
+from flowfactory.eval.analyzer import analyze
+from flowfactory.eval.run import EDITORS, ground_truth_geneval, run_editbench, run_geneval
+from flowfactory.pipeline import Pipeline
+
+
+def test_prompt_set_is_fixed_and_large_enough():
+    prompts = geneval.prompt_set()
+    assert prompts == geneval.prompt_set()
+    in_dist = [p for p in prompts if not p.held_out]
+    held = [p for p in prompts if p.held_out]
+    assert len(in_dist) >= 300 and len(held) >= 60
+    assert {p.task for p in in_dist} == set(geneval.TASKS)
+    assert len({p.text for p in prompts}) == len(prompts)
+    for p in in_dist:
+        assert not any(pair in HELD_OUT_PAIRS for pair in p.objects)
+    assert all(any(pair in HELD_OUT_PAIRS for pair in p.objects) or p.task == "position" for p in held)
+
+
+def test_scorer_ground_truth_is_one_and_noise_is_zero():
+    r = ground_truth_geneval()
+    assert r["ground_truth"]["in_distribution"]["overall"] == 1.0
+    assert r["ground_truth"]["held_out"]["overall"] == 1.0
+    assert r["noise"]["in_distribution"]["overall"] <= 0.02
+    assert r["noise"]["held_out"]["overall"] <= 0.02
+
+
+def test_scorer_rejects_wrong_answers():
+    rng = np.random.default_rng(0)
+    p = next(p for p in geneval.prompt_set() if p.task == "color_attr" and p.objects[0][0] != p.objects[1][0])
+    scene = geneval.solve(p, rng)
+    a, b = scene.objects
+    swapped = type(scene)(scene.background, (a.__class__(**{**a.__dict__, "color": b.color}), b))
+    assert geneval.score(p, analyze(render(scene)))
+    assert not geneval.score(p, analyze(render(swapped)))  # one object in the wrong colour
+
+
+def test_edit_pairs_in_kontextbench_proportions():
+    pairs = edit_set(200)
+    counts = collections.Counter(p.category for p in pairs)
+    assert sum(counts.values()) == 200
+    total = sum(CATEGORIES.values())
+    for cat, k in CATEGORIES.items():
+        assert abs(counts[cat] - 200 * k / total) <= 1
+    assert edit_set(200) == pairs  # fixed
+    assert all(p.instruction and p.source != p.target for p in pairs)
+    assert all(p.reference is not None for p in pairs if p.category in ("style", "character"))
+
+
+def test_editbench_scorer_ground_truth_and_identity(tmp_path):
+    gt = run_editbench(EDITORS["ground-truth"], tmp_path, name="ground-truth")["summary"]
+    assert gt["overall"] == 1.0 and gt["untouched_psnr_db"] == float("inf")
+    ident = run_editbench(EDITORS["identity"], tmp_path, name="identity")["summary"]
+    assert ident["overall"] == 0.0
+    assert (tmp_path / "editbench-identity.md").exists() and (tmp_path / "editbench-identity.png").exists()
+
+
+def test_editbench_position_tolerance():
+    pair = next(p for p in edit_set(200) if p.op == "move")
+    moved_back = pair.source  # the object left where it was: identity equal, position wrong
+    assert editbench.matches(analyze(render(pair.target)), pair)
+    assert not editbench.matches(analyze(render(moved_back)), pair)
+
+
+def test_clips_move_objects():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        frames, text = sample_clip(rng)
+        assert 8 <= len(frames) <= 16 and "moving" in text
+        first, last = analyze(render(frames[0])), analyze(render(frames[-1]))
+        assert first.canonical() == last.canonical() == frames[0].canonical()
+
+
+def test_geneval_runner_writes_reports(tmp_path):
+    pipe = Pipeline.from_config(tiny())
+    rec = run_geneval(pipe, tmp_path, images_per_prompt=2, steps=2, batch_size=8, limit=6, progress=False)
+    assert set(rec["summary"]) == {"in_distribution"}
+    assert len(rec["per_prompt"]) == 6 and all(len(p["passed"]) == 2 for p in rec["per_prompt"])
+    saved = json.loads((tmp_path / "geneval.json").read_text())
+    assert saved["summary"] == rec["summary"]
+    assert (tmp_path / "geneval.md").read_text().startswith("| task |")
