@@ -39,10 +39,14 @@ def atomic_write(path: str | Path, write) -> None:
 
 
 def save_checkpoint(path: str | Path, cfg: ModelConfig, components: dict[str, dict[str, Tensor]],
-                    extra_metadata: dict[str, str] | None = None) -> None:  # fmt: skip
-    tensors = {
-        f"{name}.{k}": v.detach().to("cpu").contiguous() for name, sd in components.items() for k, v in sd.items()
-    }
+                    extra_metadata: dict[str, str] | None = None, dtype: torch.dtype | None = None) -> None:  # fmt: skip
+    """`dtype` casts floating-point tensors (bf16 halves the file); loading casts back to the model's dtype."""
+
+    def cast(v: Tensor) -> Tensor:
+        v = v.detach().to("cpu")
+        return (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+
+    tensors = {f"{name}.{k}": cast(v) for name, sd in components.items() for k, v in sd.items()}
     metadata = {"format": FORMAT, "model_config": to_json(cfg), **(extra_metadata or {})}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
@@ -85,5 +89,6 @@ def load_into(module: nn.Module, sd: dict[str, Tensor], what: str, source: str |
     for k, v in sd.items():
         if own[k].shape != v.shape:
             raise UserError(f"{source}: {what} '{k}' has shape {tuple(v.shape)}, the config expects {tuple(own[k].shape)}")
+    sd = {k: v.to(own[k].dtype) for k, v in sd.items()}  # e.g. a bf16 file into an fp32 model
     with torch.no_grad():
         module.load_state_dict(sd, strict=True, assign=any(p.is_meta for p in module.parameters()))

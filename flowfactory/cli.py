@@ -147,8 +147,8 @@ def cmd_info(args) -> None:
         print(json.dumps(info))
         return
     print(f"{cfg.name}: {n / 1e6:,.2f}M transformer parameters, guidance embedding: {cfg.flux.guidance_embed}")
-    print(f"forward at {args.resolution}x{args.resolution} ({n_img} image + {n_txt} text tokens): "
-          f"{flops / 1e12:,.3f} TFLOP")  # fmt: skip
+    amount = f"{flops / 1e12:,.1f} TFLOP" if flops >= 1e12 else f"{flops / 1e9:,.2f} GFLOP"
+    print(f"forward at {args.resolution}x{args.resolution} ({n_img} image + {n_txt} text tokens): {amount}")
 
 
 def cmd_eval(args) -> None:

@@ -156,6 +156,7 @@ class TrainConfig:
     sample_prompts: list[str] = field(default_factory=lambda: ["a red circle", "a blue square on a white background"])
     sample_steps: int = 20
     checkpoint_every: int = 500  # steps between checkpoints (the last step is always saved)
+    export_dtype: str = "fp32"  # dtype of exported checkpoints: "fp32" or "bf16" (half the size; loads as fp32)
     log_every: int = 10
     parallel: str = "ddp"  # under torchrun: "ddp" or "fsdp"
     compile: bool = False  # torch.compile the transformer blocks
@@ -170,11 +171,11 @@ def tiny_shapes() -> TrainConfig:
 
 def shapes_demo() -> TrainConfig:
     """The shipped demo model: the `demo` size on the shapes world at 64x64 (~1 s/step on 2 CPU cores)."""
-    return TrainConfig(model=demo(), image_size=64, steps=6000, batch_size=32, lr=5e-4, warmup=200,
+    return TrainConfig(model=demo(), image_size=64, steps=3000, batch_size=32, lr=5e-4, warmup=200,
                        ema_decay=0.999, val_every=500, sample_every=1000, sample_steps=20,
                        sample_prompts=["a red circle", "two blue squares", "a green triangle above a yellow cross",
                                        "the digit 7 in cyan", "the robot", "a large striped purple circle"],
-                       checkpoint_every=500)  # fmt: skip
+                       checkpoint_every=500, export_dtype="bf16")  # fmt: skip
 
 
 RECIPES: dict[str, Callable[[], TrainConfig]] = {"tiny-shapes": tiny_shapes, "shapes-demo": shapes_demo}

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers_train import short_config
+from safetensors.torch import load_file
 
 from flowfactory.config import tiny_latent, tiny_shapes
 from flowfactory.pipeline import Pipeline
@@ -58,9 +59,17 @@ def test_grad_accumulation_matches_full_batch(tmp_path):
 
 
 def test_bf16_and_latent_model_train(tmp_path):
-    cfg = short_config(model=tiny_latent(), image_size=16, precision="bf16", steps=4)
-    m = Trainer(cfg, tmp_path, progress=False).fit()
+    cfg = short_config(model=tiny_latent(), image_size=16, precision="bf16", steps=4, export_dtype="bf16")
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    m = trainer.fit()
     assert torch.isfinite(torch.tensor(m["loss"]))
+    # a bf16 export is half the size and loads back into an fp32 model
+    path = tmp_path / "checkpoints" / "step_0000004.safetensors"
+    assert load_file(path)["transformer.img_in.weight"].dtype == torch.bfloat16
+    pipe = Pipeline.from_checkpoint(path)
+    w = pipe.transformer.img_in.weight
+    assert w.dtype == torch.float32
+    assert torch.allclose(w, trainer.pipe.transformer.img_in.weight.detach(), rtol=1e-2, atol=1e-3)
 
 
 def test_autoencoder_training_improves_reconstruction(tmp_path):

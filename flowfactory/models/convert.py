@@ -148,50 +148,48 @@ def flux_from_diffusers(sd: StateDict) -> StateDict:
 
 # ---------------------------------------------------------------------------------------------
 # Autoencoder: pure renames (plus 1x1 conv <-> linear for the attention and a reversed
-# decoder level order), expressed as regex pairs over the key.
+# decoder level order), one table of (reference, diffusers) key templates read both ways.
+# Fields: {c} encoder|decoder, {i} {j} indices, {u} a decoder level (reversed in diffusers).
 
-
-_AE_PATTERNS = [
-    (r"encoder\.down\.(\d+)\.block\.(\d+)\.", r"encoder.down_blocks.\1.resnets.\2."),
-    (r"encoder\.down\.(\d+)\.downsample\.conv\.", r"encoder.down_blocks.\1.downsamplers.0.conv."),
-    (r"decoder\.up\.(\d+)\.block\.(\d+)\.", r"decoder.up_blocks.{flip1}.resnets.\2."),
-    (r"decoder\.up\.(\d+)\.upsample\.conv\.", r"decoder.up_blocks.{flip1}.upsamplers.0.conv."),
-    (r"(en|de)coder\.mid\.block_1\.", r"\1coder.mid_block.resnets.0."),
-    (r"(en|de)coder\.mid\.block_2\.", r"\1coder.mid_block.resnets.1."),
-    (r"(en|de)coder\.mid\.attn_1\.norm\.", r"\1coder.mid_block.attentions.0.group_norm."),
-    (r"(en|de)coder\.mid\.attn_1\.q\.", r"\1coder.mid_block.attentions.0.to_q."),
-    (r"(en|de)coder\.mid\.attn_1\.k\.", r"\1coder.mid_block.attentions.0.to_k."),
-    (r"(en|de)coder\.mid\.attn_1\.v\.", r"\1coder.mid_block.attentions.0.to_v."),
-    (r"(en|de)coder\.mid\.attn_1\.proj_out\.", r"\1coder.mid_block.attentions.0.to_out.0."),
-    (r"(en|de)coder\.norm_out\.", r"\1coder.conv_norm_out."),
+_AE_TEMPLATES = [
+    ("encoder.down.{i}.block.{j}.", "encoder.down_blocks.{i}.resnets.{j}."),
+    ("encoder.down.{i}.downsample.conv.", "encoder.down_blocks.{i}.downsamplers.0.conv."),
+    ("decoder.up.{u}.block.{j}.", "decoder.up_blocks.{u}.resnets.{j}."),
+    ("decoder.up.{u}.upsample.conv.", "decoder.up_blocks.{u}.upsamplers.0.conv."),
+    ("{c}.mid.block_1.", "{c}.mid_block.resnets.0."),
+    ("{c}.mid.block_2.", "{c}.mid_block.resnets.1."),
+    ("{c}.mid.attn_1.norm.", "{c}.mid_block.attentions.0.group_norm."),
+    ("{c}.mid.attn_1.q.", "{c}.mid_block.attentions.0.to_q."),
+    ("{c}.mid.attn_1.k.", "{c}.mid_block.attentions.0.to_k."),
+    ("{c}.mid.attn_1.v.", "{c}.mid_block.attentions.0.to_v."),
+    ("{c}.mid.attn_1.proj_out.", "{c}.mid_block.attentions.0.to_out.0."),
+    ("{c}.norm_out.", "{c}.conv_norm_out."),
 ]
+_FIELDS = {"c": "(?P<c>encoder|decoder)", "i": r"(?P<i>\d+)", "j": r"(?P<j>\d+)", "u": r"(?P<u>\d+)"}
 
 
-_AE_INVERSE = [
-    (r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r"encoder.down.\1.block.\2."),
-    (r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.", r"encoder.down.\1.downsample.conv."),
-    (r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.", r"decoder.up.{flip1}.block.\2."),
-    (r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.", r"decoder.up.{flip1}.upsample.conv."),
-    (r"(en|de)coder\.mid_block\.resnets\.0\.", r"\1coder.mid.block_1."),
-    (r"(en|de)coder\.mid_block\.resnets\.1\.", r"\1coder.mid.block_2."),
-    (r"(en|de)coder\.mid_block\.attentions\.0\.group_norm\.", r"\1coder.mid.attn_1.norm."),
-    (r"(en|de)coder\.mid_block\.attentions\.0\.to_q\.", r"\1coder.mid.attn_1.q."),
-    (r"(en|de)coder\.mid_block\.attentions\.0\.to_k\.", r"\1coder.mid.attn_1.k."),
-    (r"(en|de)coder\.mid_block\.attentions\.0\.to_v\.", r"\1coder.mid.attn_1.v."),
-    (r"(en|de)coder\.mid_block\.attentions\.0\.to_out\.0\.", r"\1coder.mid.attn_1.proj_out."),
-    (r"(en|de)coder\.conv_norm_out\.", r"\1coder.norm_out."),
-]
+def _regex(template: str) -> re.Pattern:
+    pattern = re.escape(template)
+    for name, group in _FIELDS.items():
+        pattern = pattern.replace(re.escape("{" + name + "}"), group)
+    return re.compile(pattern)
 
 
-def _rename(key: str, patterns: list[tuple[str, str]], n_levels: int, shortcut: tuple[str, str]) -> str:
-    for pat, repl in patterns:
-        m = re.match(pat, key)
+_AE_REGEX = [(_regex(r), _regex(d)) for r, d in _AE_TEMPLATES]
+
+
+def _rename(key: str, to_diffusers: bool, n_levels: int) -> str:
+    src, dst = (0, 1) if to_diffusers else (1, 0)
+    for regexes, templates in zip(_AE_REGEX, _AE_TEMPLATES):
+        m = regexes[src].match(key)
         if m:
-            if "{flip1}" in repl:  # decoder levels are stored in reverse order in diffusers
-                repl = repl.replace("{flip1}", str(n_levels - 1 - int(m.group(1))))
-            key = m.expand(repl) + key[m.end():]
+            fields = m.groupdict()
+            if "u" in fields:
+                fields["u"] = str(n_levels - 1 - int(fields["u"]))
+            key = templates[dst].format(**fields) + key[m.end():]
             break
-    return key.replace(*shortcut)
+    shortcut = ("nin_shortcut", "conv_shortcut")
+    return key.replace(*(shortcut if to_diffusers else shortcut[::-1]))
 
 
 _ATTN_LINEAR = re.compile(r".*mid_block\.attentions\.0\.(to_q|to_k|to_v|to_out\.0)\.weight$")
@@ -205,7 +203,7 @@ def ae_to_diffusers(sd: StateDict) -> StateDict:
         raise ConversionError("not a reference-layout autoencoder state dict (no encoder.down.*)")
     out = {}
     for k, v in sd.items():
-        nk = _rename(k, _AE_PATTERNS, n, ("nin_shortcut", "conv_shortcut"))
+        nk = _rename(k, True, n)
         out[nk] = v[:, :, 0, 0] if _ATTN_LINEAR.match(nk) else v
     return out
 
@@ -220,5 +218,5 @@ def ae_from_diffusers(sd: StateDict) -> StateDict:
         raise ConversionError("autoencoders with quant_conv / post_quant_conv have no FLUX.1 equivalent")
     out = {}
     for k, v in sd.items():
-        out[_rename(k, _AE_INVERSE, n, ("conv_shortcut", "nin_shortcut"))] = v[:, :, None, None] if _ATTN_LINEAR.match(k) else v
+        out[_rename(k, False, n)] = v[:, :, None, None] if _ATTN_LINEAR.match(k) else v
     return out

@@ -207,7 +207,8 @@ class Trainer:
                 comps["text_encoder"] = {k.removeprefix("text_encoder."): v for k, v in sd.items() if k.startswith("text_encoder.")}
             if self.pipe.autoencoder is not None:
                 comps["autoencoder"] = self.pipe.autoencoder.state_dict()
-            save_checkpoint(path, self.cfg.model, comps, {"train_config": to_json(self.cfg), "step": str(self.step)})
+            dtype = {"fp32": None, "bf16": torch.bfloat16}[self.cfg.export_dtype]
+            save_checkpoint(path, self.cfg.model, comps, {"train_config": to_json(self.cfg), "step": str(self.step)}, dtype)
         return path
 
     def save_state(self) -> None:
