@@ -100,3 +100,12 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, mode):
     assert len(ref) == len(got) == 12
     # same global batch, noise and timesteps: equal up to float reduction order
     assert max(abs(a - b) / abs(a) for a, b in zip(ref, got)) < 1e-3, (ref, got)
+
+
+def test_sample_grids_and_tensorboard_are_written(tmp_path):
+    Trainer(short_config(steps=2, sample_every=2, sample_steps=2), tmp_path, progress=False).fit()
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "samples" / "step_0000002.png")
+    assert grid.size == (32, 16)  # two 16-px samples side by side
+    assert any((tmp_path / "tb").iterdir())
