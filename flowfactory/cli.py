@@ -3,6 +3,9 @@
     flowfactory generate "a red circle" -o out.png
     flowfactory train --recipe tiny-shapes --out runs/tiny
     flowfactory train-ae --model demo --out runs/ae
+    flowfactory curate photos --out photos/curated.jsonl
+    flowfactory cache --recipe R --data folder:photos --out cache/photos
+    flowfactory data delete photos/cat.jpg
     flowfactory convert IN OUT --to diffusers|reference --component transformer|autoencoder
     flowfactory info --model flux1-dev --resolution 1024
 
@@ -66,27 +69,100 @@ def cmd_generate(args) -> None:
         print(f"wrote {out} ({height}x{width}, {args.steps} steps, {sum(timings.values()):.2f} s)")
 
 
+def _train_config(args, cfg):
+    """A recipe's config with the command line's overrides (shared by train and cache)."""
+    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "cooldown", "precision", "parallel",
+                                              "grad_accum", "image_size", "seed", "tombstones")
+                 if getattr(args, k, None) is not None}  # fmt: skip
+    if getattr(args, "data", None):
+        overrides["dataset"] = args.data
+    if getattr(args, "buckets", False):
+        overrides["buckets"] = True
+    if getattr(args, "compile", False):
+        overrides["compile"] = True
+    return dataclasses.replace(cfg, **overrides)
+
+
+def _init_pipeline(cfg, autoencoder: str | None):
+    from flowfactory.pipeline import Pipeline
+
+    if cfg.model.ae is not None and not autoencoder:
+        raise UserError(f"model '{cfg.model.name}' trains on latents: pass --autoencoder (a train-ae checkpoint)")
+    return Pipeline.with_trained_autoencoder(cfg.model, autoencoder, seed=cfg.seed) if autoencoder else None
+
+
 def cmd_train(args) -> None:
-    from flowfactory.config import recipe
+    from flowfactory.config import recipe_stages
     from flowfactory.pipeline import Pipeline
     from flowfactory.train.trainer import Trainer
 
-    cfg = recipe(args.recipe)
-    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "precision", "parallel", "grad_accum",
-                                              "image_size", "seed") if getattr(args, k) is not None}  # fmt: skip
-    if args.compile:
-        overrides["compile"] = True
-    cfg = dataclasses.replace(cfg, **overrides)
-    init = None
-    if cfg.model.ae is not None and not args.autoencoder:
-        raise UserError(f"model '{cfg.model.name}' trains on latents: pass --autoencoder (a train-ae checkpoint)")
-    if args.autoencoder:
-        init = Pipeline.with_trained_autoencoder(cfg.model, args.autoencoder, seed=cfg.seed)
-        cfg = dataclasses.replace(cfg, model=init.cfg)
-    trainer = Trainer(cfg, args.out, device=args.device, resume=not args.no_resume, progress=not args.json, init=init)
-    metrics = trainer.fit()
-    if trainer.env.is_main:
-        print(json.dumps(metrics) if args.json else f"done: step {trainer.step}, {metrics}")
+    stages = recipe_stages(args.recipe)
+    previous = None  # the last stage's exported model starts the next
+    for name, cfg in stages:
+        cfg = _train_config(args, cfg)
+        out = Path(args.out) / name if name else Path(args.out)
+        if previous is not None:
+            init = Pipeline.from_checkpoint(previous)
+            if init.cfg.name != cfg.model.name:
+                raise UserError(f"stage '{name}' trains model '{cfg.model.name}' but the last stage made '{init.cfg.name}'")
+        else:
+            init = _init_pipeline(cfg, args.autoencoder)
+        if init is not None:
+            cfg = dataclasses.replace(cfg, model=init.cfg)
+        trainer = Trainer(cfg, out, device=args.device, resume=not args.no_resume, progress=not args.json, init=init)
+        metrics = trainer.fit()
+        previous = out / "checkpoints" / f"step_{trainer.step:07d}.safetensors"
+        if trainer.env.is_main:
+            label = f"stage '{name}' " if name else ""
+            print(json.dumps({"stage": name, **metrics}) if args.json else f"{label}done: step {trainer.step}, {metrics}")
+
+
+def cmd_cache(args) -> None:
+    from flowfactory.config import recipe
+    from flowfactory.data.cache import build_cache
+    from flowfactory.data.sources import DataOptions
+    from flowfactory.models.text import EmbeddedTextParams
+    from flowfactory.pipeline import Pipeline
+
+    cfg = _train_config(args, recipe(args.recipe))
+    pipe = _init_pipeline(cfg, args.autoencoder) or Pipeline.from_config(cfg.model, seed=cfg.seed)
+    pipe.eval()
+    frozen_text = not (cfg.train_text_encoder and isinstance(cfg.model.text, EmbeddedTextParams))
+    opts = DataOptions(cfg.image_size, cfg.model.stride, cfg.seed, cfg.dataset_size, cfg.buckets, cfg.max_aspect,
+                       cfg.random_crop, cfg.tombstones)  # fmt: skip
+    index = build_cache(cfg.dataset, opts, pipe, args.out, args.shard_size, text=frozen_text, progress=not args.json)
+    summary = {"out": args.out, "samples": index["count"], "shards": len(index["shards"]), "text": frozen_text}
+    print(json.dumps(summary) if args.json else f"cached {index['count']} samples in {len(index['shards'])} shards to {args.out}")
+
+
+def cmd_curate(args) -> None:
+    from flowfactory.data.curate import CurateOptions, curate
+
+    opts = CurateOptions(min_side=args.min_side, max_aspect=args.max_aspect, min_words=args.min_words,
+                         max_words=args.max_words, phash_distance=args.phash_distance, scorer=args.scorer or "",
+                         min_score=args.min_score, tombstones=args.tombstones or "")  # fmt: skip
+    report = curate(args.folder, args.out, opts, progress=not args.json)
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "dropped"}))
+    else:
+        print(f"kept {report['kept']} of {report['total']} -> {args.out}; dropped: {report['dropped_by_reason']}"
+              f" (details in {args.out}.report.json)")  # fmt: skip
+
+
+def cmd_data_delete(args) -> None:
+    from flowfactory.data.tombstones import Tombstones, content_hash
+
+    hashes = list(args.hash or [])
+    for f in args.files:
+        try:
+            hashes.append(content_hash(Path(f).read_bytes()))
+        except OSError as e:
+            raise UserError(f"cannot read {f}: {e}") from None
+    if not hashes and not args.id:
+        raise UserError("nothing to delete: give FILES, --hash or --id")
+    tomb = Tombstones(args.tombstones)
+    n = tomb.add(hashes, args.id or [], args.reason)
+    print(json.dumps({"added": n, "tombstones": str(tomb.path)}) if args.json else f"added {n} tombstones to {tomb.path}")
 
 
 def cmd_train_ae(args) -> None:
@@ -214,15 +290,53 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, help="override: global batch size")
     t.add_argument("--grad-accum", type=int, help="override: micro-batches per step")
     t.add_argument("--lr", type=float, help="override: peak learning rate")
+    t.add_argument("--cooldown", type=int, help="override: decay the learning rate linearly to 0 over the last N steps")
     t.add_argument("--image-size", type=int, help="override: training resolution")
     t.add_argument("--precision", choices=["fp32", "bf16"], help="override: fp32 or bf16 autocast")
     t.add_argument("--parallel", choices=["ddp", "fsdp"], help="override: data parallelism under torchrun")
     t.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     t.add_argument("--seed", type=int, help="override: seed of data, noise and initialisation")
+    _data_args(t)
     t.add_argument("--no-resume", action="store_true", help="start over even if the run directory has a state")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--json", action="store_true", help="no progress bar; print the final metrics as JSON")
     t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("cache", help="pre-encode a data source into latent shards (resumable) for training")
+    c.add_argument("--recipe", default="tiny-shapes", help="the recipe whose model, size and buckets to cache for")
+    c.add_argument("--out", required=True, help="cache directory (resumes an interrupted build)")
+    c.add_argument("--autoencoder", help="trained autoencoder checkpoint (from train-ae) for latent models")
+    c.add_argument("--image-size", type=int, help="override: training resolution")
+    c.add_argument("--seed", type=int, help="override: crop seed")
+    c.add_argument("--shard-size", type=int, default=256, help="samples per shard")
+    _data_args(c)
+    c.add_argument("--json", action="store_true", help="no progress bar; print a JSON summary")
+    c.set_defaults(func=cmd_cache)
+
+    k = sub.add_parser("curate", help="filter an image folder: duplicates, bad files, sizes, captions, a scorer")
+    k.add_argument("folder", help="image folder (captions as in the folder source)")
+    k.add_argument("--out", required=True, help="curated manifest to write (JSONL); the report goes next to it")
+    k.add_argument("--min-side", type=int, default=64, help="drop images whose shorter side is below this")
+    k.add_argument("--max-aspect", type=float, default=4.0, help="drop images more elongated than this")
+    k.add_argument("--min-words", type=int, default=1, help="drop captions shorter than this (1: drop empty ones)")
+    k.add_argument("--max-words", type=int, default=300, help="drop captions longer than this")
+    k.add_argument("--phash-distance", type=int, default=4, help="near-duplicate threshold in bits (-1: off)")
+    k.add_argument("--scorer", help="package.module:function (image, caption) -> float, e.g. an aesthetic model")
+    k.add_argument("--min-score", type=float, default=0.0, help="drop images the scorer rates below this")
+    k.add_argument("--tombstones", help="deletion list (default: the user's list)")
+    k.add_argument("--json", action="store_true", help="print the summary as JSON")
+    k.set_defaults(func=cmd_curate)
+
+    d = sub.add_parser("data", help="data governance")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dd = dsub.add_parser("delete", help="add tombstones: deleted content is never read for training again")
+    dd.add_argument("files", nargs="*", help="files whose content to delete (by SHA-256)")
+    dd.add_argument("--hash", action="append", help="a content hash (SHA-256 hex) to delete")
+    dd.add_argument("--id", action="append", help="an id to delete (relative file name, shard key, job id)")
+    dd.add_argument("--reason", default="deletion request", help="recorded with each tombstone")
+    dd.add_argument("--tombstones", help="deletion list (default: the user's list)")
+    dd.add_argument("--json", action="store_true", help="print JSON")
+    dd.set_defaults(func=cmd_data_delete)
 
     a = sub.add_parser("train-ae", help="train a latent autoencoder (reconstruction + KL, optional patch-GAN)")
     a.add_argument("--model", default="demo", help=f"model whose autoencoder config to train: {', '.join(MODELS)}")
@@ -271,6 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=cmd_info)
     return p
+
+
+def _data_args(p) -> None:
+    p.add_argument("--data", help="override: data spec (shapes, folder:DIR, webdataset:URLS, preferences:FILE, "
+                   "cache:DIR, or a mixture A@0.7+B@0.3)")
+    p.add_argument("--buckets", action="store_true", help="aspect-ratio buckets at the training pixel count")
+    p.add_argument("--tombstones", help="deletion list honoured by every source (default: the user's list)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,7 @@ class ModelConfig:
     text: TextParams
     patch: int = 2  # latent pixels per token side (FLUX packs 2x2 latent patches)
     resolution: int = 1024  # default image side for generation (the training resolution)
+    micro_cond: int = 0  # SDXL micro-conditioning: channels per size (0: off; vec_in_dim grows by 6x)
 
     def __post_init__(self):
         ch = self.latent_channels * self.patch**2
@@ -37,8 +38,9 @@ class ModelConfig:
             raise ValueError(f"{self.name}: out_channels {self.flux.out_channels} != latent channels x patch^2 = {ch}")
         if self.flux.context_in_dim != self.text.dim:
             raise ValueError(f"{self.name}: context_in_dim {self.flux.context_in_dim} != text dim {self.text.dim}")
-        if self.flux.vec_in_dim != self.text.pooled_dim:
-            raise ValueError(f"{self.name}: vec_in_dim {self.flux.vec_in_dim} != pooled dim {self.text.pooled_dim}")
+        if self.flux.vec_in_dim != self.text.pooled_dim + 6 * self.micro_cond:
+            raise ValueError(f"{self.name}: vec_in_dim {self.flux.vec_in_dim} != pooled dim {self.text.pooled_dim}"
+                             f" + 6 x micro_cond {self.micro_cond}")  # fmt: skip
 
     @property
     def latent_channels(self) -> int:
@@ -74,6 +76,12 @@ def tiny() -> ModelConfig:
     """Unit-test size: ~0.1M parameters, pixel space, 16x16 images -> 64 tokens."""
     text = EmbeddedTextParams(vocab_size=512, dim=32, depth=1, num_heads=2, max_len=12, pooled_dim=32)
     return _small("tiny", 32, 2, 1, 1, [4, 6, 6], None, text, 16)
+
+
+def with_micro_cond(cfg: ModelConfig, dim: int = 16) -> ModelConfig:
+    """The same model taking SDXL micro-conditioning (`dim` channels per size) through `vector_in`."""
+    flux = dataclasses.replace(cfg.flux, vec_in_dim=cfg.text.pooled_dim + 6 * dim)
+    return dataclasses.replace(cfg, name=f"{cfg.name}-micro", flux=flux, micro_cond=dim)
 
 
 def tiny_ae() -> AutoEncoderParams:
@@ -114,6 +122,7 @@ MODELS: dict[str, Callable[[], ModelConfig]] = {
     "flux1-schnell": flux1_schnell,
     "tiny": tiny,
     "tiny-latent": tiny_latent,
+    "tiny-micro": lambda: with_micro_cond(tiny(), 8),
     "demo": demo,
     "flux-100m": flux_100m,
     "flux-1b": flux_1b,
@@ -129,14 +138,19 @@ def model_config(name: str) -> ModelConfig:
 @dataclass
 class TrainConfig:
     model: ModelConfig
-    dataset: str = "shapes"  # data source (see flowfactory.data.build_dataset)
-    dataset_size: int = 0  # 0: an endless stream; N: a fixed set of N samples, cycled
+    dataset: str = "shapes"  # data spec: shapes, folder:DIR, webdataset:URLS, preferences:FILE, cache:DIR, A@w+B@w
+    dataset_size: int = 0  # shapes world: 0 an endless stream; N a fixed set of N scenes, cycled
+    buckets: bool = False  # aspect-ratio buckets of ~image_size^2 pixels (each batch from one bucket)
+    max_aspect: float = 2.0  # widest bucket aspect ratio
+    random_crop: bool = True  # random crops (recorded as micro-conditioning); else centred
+    tombstones: str = ""  # deletion list honoured by every source ("" = the default list)
     image_size: int = 64  # training resolution (square); a multiple of the model's stride
     steps: int = 1000  # optimizer steps
     batch_size: int = 32  # global batch per optimizer step (over all ranks and accumulation steps)
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 3e-4
     warmup: int = 100  # linear warmup steps, then constant
+    cooldown: int = 0  # the last N steps decay the learning rate linearly to 0 (warmup-stable-decay)
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0  # max global gradient norm (0: off)
@@ -178,13 +192,35 @@ def shapes_demo() -> TrainConfig:
                        checkpoint_every=500, export_dtype="bf16")  # fmt: skip
 
 
-RECIPES: dict[str, Callable[[], TrainConfig]] = {"tiny-shapes": tiny_shapes, "shapes-demo": shapes_demo}
+def tiny_buckets() -> TrainConfig:
+    """`tiny-micro` on your own images with aspect buckets: `--data folder:DIR` (tests, quick trials)."""
+    return dataclasses.replace(tiny_shapes(), model=with_micro_cond(tiny(), 8), dataset="folder:images", buckets=True,
+                               steps=50, val_every=0, dataset_size=0)  # fmt: skip
+
+
+def tiny_staged() -> list[tuple[str, TrainConfig]]:
+    """Two stages of one model: pre-train at 16 px, then mid-train at 32 px, each from the last."""
+    pre = dataclasses.replace(tiny_shapes(), steps=60, val_every=0)
+    mid = dataclasses.replace(pre, image_size=32, steps=30, batch_size=8, lr=1e-3, warmup=5)
+    return [("pre", pre), ("mid", mid)]
+
+
+Recipe = TrainConfig | list[tuple[str, TrainConfig]]  # one stage, or named stages run in order
+RECIPES: dict[str, Callable[[], Recipe]] = {"tiny-shapes": tiny_shapes, "shapes-demo": shapes_demo,
+                                            "tiny-buckets": tiny_buckets, "tiny-staged": tiny_staged}  # fmt: skip
+
+
+def recipe_stages(name: str) -> list[tuple[str, TrainConfig]]:
+    """A recipe as its list of (stage name, config); a single-stage recipe has the stage name ""."""
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe '{name}' (choose from: {', '.join(RECIPES)})")
+    r = RECIPES[name]()
+    return r if isinstance(r, list) else [("", r)]
 
 
 def recipe(name: str) -> TrainConfig:
-    if name not in RECIPES:
-        raise UserError(f"unknown recipe '{name}' (choose from: {', '.join(RECIPES)})")
-    return RECIPES[name]()
+    """A single-stage recipe's config (the last stage of a staged one)."""
+    return recipe_stages(name)[-1][1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from flowfactory.checkpoint import load_checkpoint, load_into, save_checkpoint
+from flowfactory.conditioning import inference_micro, with_micro
 from flowfactory.config import ModelConfig, model_config
 from flowfactory.errors import UserError
 from flowfactory.flow.sampling import SOLVERS, get_schedule, noise_like, true_cfg
@@ -182,10 +183,12 @@ class Pipeline(nn.Module):
         with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
             t0 = time.perf_counter()
             txt, pooled = self.encode_text(prompts)
+            pooled = with_micro(pooled, inference_micro(len(prompts), height, width), self.cfg.micro_cond)
             embedded = self.cfg.flux.guidance_embed
             velocity = self.velocity(txt, pooled, h, w, guidance if embedded else None)
             if not embedded and guidance != 1.0:
                 txt_u, pooled_u = self.encode_text([""] * len(prompts))
+                pooled_u = with_micro(pooled_u, inference_micro(len(prompts), height, width), self.cfg.micro_cond)
                 velocity = true_cfg(velocity, self.velocity(txt_u, pooled_u, h, w), guidance)
             noise = torch.cat(
                 [noise_like((1, self.cfg.latent_channels, lh, lw), seed + i) for i in range(len(prompts))]

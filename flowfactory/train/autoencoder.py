@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from flowfactory.checkpoint import save_checkpoint
 from flowfactory.config import ModelConfig
-from flowfactory.data import build_dataset
+from flowfactory.data.sources import Batches, DataOptions
 from flowfactory.errors import UserError
 from flowfactory.images import save_grid
 from flowfactory.models.autoencoder import AutoEncoder
@@ -74,11 +74,10 @@ def train_autoencoder(cfg: AETrainConfig, out: str | Path, device: str = "cpu", 
     disc = PatchDiscriminator().to(device) if cfg.gan_weight > 0 else None
     opt = torch.optim.AdamW(ae.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
     opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) if disc else None
-    data = build_dataset(cfg.dataset, cfg.image_size, cfg.seed)
+    data = Batches(cfg.dataset, DataOptions(cfg.image_size, 1, cfg.seed), cfg.batch_size)
     logger = MetricsLogger(out)
     for step in tqdm(range(1, cfg.steps + 1), disable=not progress, desc="train-ae"):
-        idx = range((step - 1) * cfg.batch_size, step * cfg.batch_size)
-        x = torch.stack([data[i][0] for i in idx]).to(device)
+        x = torch.stack([s.image for s in data.get(step - 1, 0, cfg.batch_size)]).to(device)
         moments = ae.encoder(x)
         rec = ae.decoder(ae.reg(moments, sample=True))
         l1, l2 = F.l1_loss(rec, x), F.mse_loss(rec, x)
@@ -101,8 +100,8 @@ def train_autoencoder(cfg: AETrainConfig, out: str | Path, device: str = "cpu", 
     logger.close()
     ae.eval()
     with torch.no_grad():  # latent statistics on held-out images -> shift and scale
-        val = build_dataset(cfg.dataset, cfg.image_size, cfg.seed + 1_000_003, 256)
-        x = torch.stack([val[i][0] for i in range(256)]).to(device)
+        val = Batches(cfg.dataset, DataOptions(cfg.image_size, 1, cfg.seed + 1_000_003, length=256), 256)
+        x = torch.stack([s.image for s in val.get(0, 0, 256)]).to(device)
         z = ae.reg(ae.encoder(x))
         rec = ae.decoder(z)
         psnr = (10 * torch.log10(4 / F.mse_loss(rec, x))).item()  # range [-1, 1]: peak-to-peak 2

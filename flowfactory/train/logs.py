@@ -20,14 +20,15 @@ class MetricsLogger:
             except ImportError:  # optional: metrics.jsonl has everything
                 pass
 
-    def log(self, metrics: dict[str, float]) -> None:
+    def log(self, metrics: dict) -> None:
+        """One JSON line; numbers also go to TensorBoard (histograms and other structures only to the file)."""
         if not self.enabled:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(metrics) + "\n")
         if self.writer:
             for k, v in metrics.items():
-                if k != "step":
+                if k != "step" and isinstance(v, (int, float)):
                     self.writer.add_scalar(k, v, metrics["step"])
 
     def close(self) -> None:

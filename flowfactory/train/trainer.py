@@ -14,7 +14,10 @@ exported models (`checkpoints/step_N.safetensors`, EMA weights when EMA is on) a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,8 +25,10 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from flowfactory.checkpoint import atomic_write, save_checkpoint
+from flowfactory.conditioning import MICRO_FIELDS, with_micro
 from flowfactory.config import TrainConfig, from_json, to_json
-from flowfactory.data import build_dataset
+from flowfactory.data.cache import CachedSource
+from flowfactory.data.sources import Batches, DataOptions, Sample
 from flowfactory.errors import UserError
 from flowfactory.flow.objectives import drop_text, flux_mu, interpolate, rectified_flow_loss, sample_timesteps
 from flowfactory.images import save_grid
@@ -42,10 +47,32 @@ class Denoiser(nn.Module):
         super().__init__()
         self.transformer = pipe.transformer
         self.text_encoder = pipe.text_encoder
+        self.micro_dim = pipe.cfg.micro_cond
 
-    def forward(self, x_t: Tensor, ids: Tensor, prompts: list[str], t: Tensor, guidance: Tensor | None) -> Tensor:
-        txt, pooled = self.text_encoder(prompts)
-        return self.transformer(x_t, ids, txt, text_ids(txt), t, pooled, guidance)
+    def forward(self, x_t: Tensor, ids: Tensor, text: list[str] | tuple[Tensor, Tensor], t: Tensor,
+                guidance: Tensor | None, micro: Tensor | None = None) -> Tensor:  # fmt: skip
+        """`text`: prompts, or precomputed (txt `[B, L, D]`, pooled `[B, D]`) from a latent cache."""
+        txt, pooled = self.text_encoder(text) if isinstance(text, list) else text
+        return self.transformer(x_t, ids, txt, text_ids(txt), t, with_micro(pooled, micro, self.micro_dim), guidance)
+
+
+@dataclass
+class Batch:
+    x0: Tensor  # packed clean latents [B, L, C]
+    h: int  # token grid
+    w: int
+    prompts: list[str]
+    micro: Tensor  # [B, 6] micro-conditioning sizes
+    txt: Tensor | None = None  # cached text embeddings [B, L, D] and pooled [B, D]
+    pooled: Tensor | None = None
+
+    def text(self, dropped: list[bool], empty: tuple[Tensor, Tensor] | None) -> list[str] | tuple[Tensor, Tensor]:
+        """Prompts (or cached embeddings) with the dropped ones emptied, for CFG training."""
+        if self.txt is None:
+            return [("" if d else p) for p, d in zip(self.prompts, dropped)]
+        keep = torch.tensor([not d for d in dropped], device=self.txt.device)
+        txt = torch.where(keep[:, None, None], self.txt, empty[0].to(self.txt))
+        return txt, torch.where(keep[:, None], self.pooled, empty[1].to(self.pooled))
 
 
 class EMA:
@@ -81,7 +108,11 @@ class EMA:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+    """Warmup-stable-decay: linear warmup, constant, then (if `cooldown`) linear decay to 0 at `steps`."""
+    scale = min(1.0, (step + 1) / max(1, cfg.warmup))
+    if cfg.cooldown > 0:
+        scale = min(scale, (cfg.steps - step) / cfg.cooldown)
+    return cfg.lr * max(0.0, scale)
 
 
 class Trainer:
@@ -110,42 +141,62 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.ema = EMA(self.params, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        self.data = build_dataset(cfg.dataset, cfg.image_size, cfg.seed, cfg.dataset_size)
-        self.val_data = build_dataset(cfg.dataset, cfg.image_size, cfg.seed + VAL_SEED_OFFSET, cfg.val_samples)
+        opts = DataOptions(cfg.image_size, cfg.model.stride, cfg.seed, cfg.dataset_size, cfg.buckets, cfg.max_aspect,
+                           cfg.random_crop, cfg.tombstones)  # fmt: skip
+        self.data = Batches(cfg.dataset, opts, cfg.batch_size, self.env.rank, self.env.world)
+        self.val_batch = min(cfg.val_samples, 64)
+        val_opts = dataclasses.replace(opts, seed=cfg.seed + VAL_SEED_OFFSET, length=cfg.val_samples)
+        self.val_data = Batches(cfg.dataset, val_opts, self.val_batch) if cfg.val_every else None
+        self.empty_text = next((s.empty for s in self.data.sources if getattr(s, "empty", None) is not None), None)
+        if all(isinstance(s, CachedSource) for s in self.data.sources) and self.pipe.autoencoder is not None:
+            self.pipe.autoencoder.encoder = None  # training reads latents: only the decoder (sample grids) stays
         self.autocast = torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         self.step = 0
+        self.buckets_seen: Counter = Counter()  # samples per bucket "HxW" trained on (this process)
+        self.last_micro: list[float] = []
         if resume and (self.out / "train_state.pt").exists():
             self.load_state()
 
     # ----- batches ---------------------------------------------------------------------------
-    def encode(self, indices: list[int], dataset) -> tuple[Tensor, list[str]]:
-        """Samples -> packed clean latents `[B, L, C]` and their captions."""
-        images, prompts = zip(*(dataset[i] for i in indices))
+    def encode(self, samples: list[Sample]) -> Batch:
+        """Samples of one bucket -> packed clean latents, prompts, micro-conditioning (and cached text)."""
+        dev = self.env.device
         with torch.no_grad():
-            x0 = pack(self.pipe.encode_images(torch.stack(images).to(self.env.device)).float(), self.cfg.model.patch)
-        return x0, list(prompts)
+            if samples[0].latent is not None:
+                z = torch.stack([s.latent for s in samples]).to(dev)
+            else:
+                z = self.pipe.encode_images(torch.stack([s.image for s in samples]).to(dev))
+        p = self.cfg.model.patch
+        micro = torch.tensor([s.micro for s in samples], dtype=torch.float32, device=dev)
+        batch = Batch(pack(z.float(), p), z.shape[2] // p, z.shape[3] // p, [s.caption for s in samples], micro)
+        if samples[0].txt is not None:
+            batch.txt = torch.stack([s.txt for s in samples]).to(dev)
+            batch.pooled = torch.stack([s.pooled for s in samples]).to(dev)
+        return batch
 
-    def batch(self, indices: list[int]) -> tuple[Tensor, list[str], Tensor, Tensor]:
-        """-> x0, prompts (with CFG dropout), noise, t; noise, t and dropout seeded per sample index."""
-        x0, prompts = self.encode(indices, self.data)
+    def batch(self, step: int, micro: int) -> tuple[Batch, list[str] | tuple[Tensor, Tensor], Tensor, Tensor]:
+        """This rank's micro-batch -> batch, text (CFG dropout applied), noise, t; seeded per global position."""
+        lo = (micro * self.env.world + self.env.rank) * self.micro
+        b = self.encode(self.data.get(step, lo, lo + self.micro))
+        self.buckets_seen[f"{int(b.micro[0, 4])}x{int(b.micro[0, 5])}"] += len(b.prompts)
+        self.last_micro = b.micro.mean(0).tolist()
         noise, ts, dropped = [], [], []
-        mu = flux_mu(x0.shape[1]) if self.cfg.resolution_shift else None
-        for i, p in zip(indices, prompts):
-            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_000_007 + i)
-            noise.append(torch.randn(x0.shape[1:], generator=g))
+        mu = flux_mu(b.x0.shape[1]) if self.cfg.resolution_shift else None
+        for j in range(self.micro):
+            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_000_007 + step * self.cfg.batch_size + lo + j)
+            noise.append(torch.randn(b.x0.shape[1:], generator=g))
             ts.append(sample_timesteps(1, g, self.cfg.timestep_sampler, self.cfg.logit_mean, self.cfg.logit_std, mu))
-            dropped += drop_text([p], self.cfg.text_dropout, g)
-        return x0, dropped, torch.stack(noise).to(x0), torch.cat(ts).to(x0)
+            dropped += [d == "" for d in drop_text(["x"], self.cfg.text_dropout, g)]
+        return b, b.text(dropped, self.empty_text), torch.stack(noise).to(b.x0), torch.cat(ts).to(b.x0)
 
-    def loss(self, x0: Tensor, prompts: list[str], noise: Tensor, t: Tensor) -> Tensor:
+    def loss(self, b: Batch, text, noise: Tensor, t: Tensor) -> Tensor:
         """Mean rectified-flow loss of one batch."""
-        b = x0.shape[0]
-        side = self.cfg.image_size // self.cfg.model.stride
-        ids = image_ids(b, side, side, device=x0.device)
-        g = torch.ones(b, device=x0.device) if self.cfg.model.flux.guidance_embed else None
+        n = b.x0.shape[0]
+        ids = image_ids(n, b.h, b.w, device=b.x0.device)
+        g = torch.ones(n, device=b.x0.device) if self.cfg.model.flux.guidance_embed else None
         with self.autocast:
-            pred = self.model(interpolate(x0, noise, t), ids, prompts, t, g)
-        return rectified_flow_loss(pred, x0, noise).mean()
+            pred = self.model(interpolate(b.x0, noise, t), ids, text, t, g, b.micro)
+        return rectified_flow_loss(pred, b.x0, noise).mean()
 
     def train_step(self) -> dict[str, float]:
         cfg, env = self.cfg, self.env
@@ -153,9 +204,7 @@ class Trainer:
             group["lr"] = lr_at(self.step, cfg)
         total = torch.zeros((), device=env.device)
         for micro in range(cfg.grad_accum):
-            start = (self.step * cfg.grad_accum + micro) * env.world * self.micro + env.rank * self.micro
-            indices = list(range(start, start + self.micro))
-            loss = self.loss(*self.batch(indices)) / cfg.grad_accum
+            loss = self.loss(*self.batch(self.step, micro)) / cfg.grad_accum
             loss.backward()
             total += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
@@ -166,19 +215,28 @@ class Trainer:
         if self.ema:
             self.ema.update()
         self.step += 1
-        return {"loss": D.all_reduce_mean(total, env).item(), "grad_norm": float(grad_norm), "lr": lr_at(self.step - 1, cfg)}
+        micro = dict(zip((f"micro_{k}" for k in MICRO_FIELDS), self.last_micro))
+        return {"loss": D.all_reduce_mean(total, env).item(), "grad_norm": float(grad_norm), "lr": lr_at(self.step - 1, cfg),
+                **micro}  # fmt: skip
 
     @torch.no_grad()
     def validation_loss(self) -> float:
-        """Mean loss on the held-out set at `val_timesteps` evenly spaced t (fixed noise, no dropout)."""
-        k = self.cfg.val_timesteps
-        x0, prompts = self.encode(list(range(self.cfg.val_samples)), self.val_data)
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(self.cfg.seed + VAL_SEED_OFFSET)).to(x0)
-        losses = []
-        for j in range(k):
-            t = torch.full((x0.shape[0],), (j + 0.5) / k, device=x0.device)
-            losses.append(self.loss(x0, prompts, noise, t).item())
-        return sum(losses) / k
+        """Mean loss on the fixed validation set at `val_timesteps` evenly spaced t (fixed noise, no dropout).
+
+        The shapes world validates on held-out scenes (another seed); finite sources on a fixed
+        selection of their own samples.
+        """
+        k, total, count = self.cfg.val_timesteps, 0.0, 0
+        for j in range(-(-self.cfg.val_samples // self.val_batch)):
+            b = self.encode(self.val_data.get(j, 0, self.val_batch))
+            text = b.text([False] * len(b.prompts), None)
+            g = torch.Generator().manual_seed(self.cfg.seed + VAL_SEED_OFFSET + j)
+            noise = torch.randn(b.x0.shape, generator=g).to(b.x0)
+            for i in range(k):
+                t = torch.full((b.x0.shape[0],), (i + 0.5) / k, device=b.x0.device)
+                total += self.loss(b, text, noise, t).item() * b.x0.shape[0]
+            count += b.x0.shape[0] * k
+        return total / count
 
     # ----- outputs ----------------------------------------------------------------------------
     def ema_weights(self):
@@ -247,6 +305,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         if cfg.val_every and self.step == 0:
             logger.log({"step": 0, "val_loss": self.validation_loss()})
+        logger.log({"step": self.step, "data": cfg.dataset, "bucket_histogram": self.data.histogram()})
         t0, last = time.perf_counter(), self.step
         while self.step < stop:
             metrics = self.train_step()
@@ -265,5 +324,9 @@ class Trainer:
                 self.export()
                 self.save_state()
         bar.close()
+        skipped = self.data.skipped
+        logger.log({"step": self.step, "buckets_seen": dict(self.buckets_seen), "skipped": dict(skipped)})
+        if skipped and self.env.is_main:
+            print(f"data: skipped {sum(skipped.values())} samples ({dict(skipped)})")
         logger.close()
         return metrics

@@ -1,0 +1,401 @@
+"""Training data sources behind one interface, chosen by a spec string in the recipe.
+
+    shapes                     the procedural shapes world (endless)
+    folder:PATH                an image folder (captions: metadata.jsonl, or sidecar .txt / .json)
+    webdataset:URLS            tar shards, local or any URL webdataset opens ("shards/{000..015}.tar")
+    preferences:FILE.jsonl     a preference export (the chosen image of each pair)
+    cache:DIR                  latents (and frozen text embeddings) written by `flowfactory cache`
+    A@0.7+B@0.3                a mixture: each global batch comes from one source, drawn by weight
+
+A map-style source has `__len__`, `sample(i) -> Sample | None` (None: unreadable or deleted,
+counted in `skipped`) and `bucket_of[i]`; a stream source has `stream(rank, world)`.
+`Batches` turns either into the global batch of a step, by position, for every rank.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from flowfactory.data.buckets import BucketPlan, Micro, make_buckets, nearest_bucket, resize_crop
+from flowfactory.data.shapes import ShapesDataset
+from flowfactory.data.tombstones import Tombstones, content_hash
+from flowfactory.errors import UserError
+from flowfactory.images import ImageDecodeError, decode_rgb, to_tensor
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+CAPTION_KEYS = ("caption", "text", "prompt")
+
+
+@dataclass
+class Sample:
+    caption: str
+    micro: Micro  # SDXL micro-conditioning: orig_h, orig_w, crop_top, crop_left, target_h, target_w
+    key: str  # stable id (relative path, shard key, ...)
+    image: torch.Tensor | None = None  # [3, H, W] in [-1, 1]
+    latent: torch.Tensor | None = None  # [C, h, w] (cached sources)
+    txt: torch.Tensor | None = None  # [L, D] frozen text embedding (cached sources)
+    pooled: torch.Tensor | None = None  # [D]
+    hash: str = ""  # SHA-256 of the source file's bytes (for tombstones)
+
+
+@dataclass
+class DataOptions:
+    image_size: int  # square side; with buckets, the side of the constant pixel area
+    stride: int  # bucket sides are multiples of it (the model's stride)
+    seed: int = 0
+    length: int = 0  # shapes only: 0 endless, else a fixed set of N scenes
+    buckets: bool = False  # aspect-ratio buckets (else every image is resized and cropped square)
+    max_ratio: float = 2.0  # widest bucket aspect ratio
+    random_crop: bool = True  # else centred crops
+    tombstones: str = ""  # tombstone file ("" = the default list)
+
+    def bucket_list(self) -> list[tuple[int, int]]:
+        if self.buckets:
+            return make_buckets(self.image_size, self.stride, self.max_ratio)
+        return [(self.image_size, self.image_size)]
+
+
+def caption_of(meta: dict) -> str:
+    for k in CAPTION_KEYS:
+        if isinstance(meta.get(k), str):
+            return meta[k]
+    return ""
+
+
+def _warn_skip(skipped: Counter, key: str, why: str) -> None:
+    skipped[why] += 1
+    warnings.warn(f"skipping {key}: {why} ({sum(skipped.values())} skipped so far)", stacklevel=3)
+
+
+class _Decoded:
+    """Shared by sources that decode image bytes: buckets, crops, tombstones, skip counts."""
+
+    def __init__(self, opts: DataOptions):
+        self.opts = opts
+        self.buckets = opts.bucket_list()
+        self.tombstones = Tombstones(opts.tombstones or None)
+        self.skipped: Counter = Counter()
+
+    def make_sample(self, data: bytes, caption: str, key: str, crop_seed: int) -> Sample | None:
+        h = content_hash(data)
+        if self.tombstones.is_deleted(hash=h, id=key):
+            self.skipped["deleted"] += 1
+            return None
+        try:
+            im = decode_rgb(data)
+        except ImageDecodeError as e:
+            _warn_skip(self.skipped, key, f"unreadable image ({e})")
+            return None
+        bucket = self.buckets[nearest_bucket(im.height, im.width, self.buckets)]
+        rng = np.random.default_rng([self.opts.seed, crop_seed]) if self.opts.random_crop else None
+        im, micro = resize_crop(im, bucket, rng)
+        return Sample(caption=caption, micro=micro, key=key, image=to_tensor(im), hash=h)
+
+
+class ShapesSource:
+    """The shapes world as a source: sample i is scene i (no buckets: square, uncropped)."""
+
+    def __init__(self, opts: DataOptions):
+        self.data = ShapesDataset(opts.image_size, opts.seed, opts.length)
+        self.bucket_of = None  # endless stream by index
+        self.skipped: Counter = Counter()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def sample(self, i: int) -> Sample:
+        img, text = self.data[i]
+        s = self.data.image_size
+        return Sample(caption=text, micro=(s, s, 0, 0, s, s), key=f"shapes/{self.data.seed}/{i}", image=img)
+
+
+class ImageFolder(_Decoded):
+    """A folder of images with captions: `metadata.jsonl` (`file_name` + `text`/`caption`/`prompt`,
+    the Hugging Face imagefolder layout) or a sidecar `NAME.txt` / `NAME.json` next to each image.
+    A path to a `.jsonl` manifest (e.g. from `flowfactory curate`) reads only the files it lists.
+
+    Reading each file's header gives its size (for the bucket); files that are not images are
+    skipped with a counted warning, and so are files that fail to decode later.
+    """
+
+    def __init__(self, root: str | Path, opts: DataOptions):
+        super().__init__(opts)
+        root = Path(root)
+        if root.suffix == ".jsonl" and root.is_file():
+            self.root = root.parent
+            entries = [(self.root / rel, cap) for rel, cap in _read_manifest(root).items()]
+        elif root.is_dir():
+            self.root = root
+            meta = _read_manifest(root / "metadata.jsonl") if (root / "metadata.jsonl").exists() else {}
+            files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+            entries = [(p, meta.get(p.relative_to(root).as_posix(), None)) for p in files]
+            entries = [(p, _sidecar_caption(p) if cap is None else cap) for p, cap in entries]
+        else:
+            raise UserError(f"image folder {root} does not exist")
+        self._index(entries)
+        if not self.files:
+            raise UserError(f"no readable images in {root} (looked for {', '.join(sorted(IMAGE_EXTS))})")
+
+    def _index(self, entries: list[tuple[Path, str]]) -> None:
+        self.files: list[Path] = []
+        self.captions: list[str] = []
+        self.bucket_of: list[int] = []
+        for path, caption in entries:
+            size = _header_size(path)
+            if size is None:
+                _warn_skip(self.skipped, str(path), "not a readable image")
+                continue
+            self.files.append(path)
+            self.captions.append(caption)
+            self.bucket_of.append(nearest_bucket(size[0], size[1], self.buckets))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def sample(self, i: int) -> Sample | None:
+        path = self.files[i]
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            _warn_skip(self.skipped, str(path), f"cannot read ({e})")
+            return None
+        return self.make_sample(data, self.captions[i], path.relative_to(self.root).as_posix(), i)
+
+
+def _read_manifest(path: Path) -> dict[str, str]:
+    """JSONL of {file_name, text|caption|prompt} -> {file_name: caption}; bad lines warned and skipped."""
+    out = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            out[str(rec["file_name"])] = caption_of(rec)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            warnings.warn(f"{path}:{n}: not a JSON object with a file_name: line ignored", stacklevel=3)
+    return out
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) as displayed (EXIF rotation applied), from the header only; None if not an image."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):
+                w, h = h, w
+            return (h, w) if w > 0 and h > 0 else None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+def _sidecar_caption(path: Path) -> str:
+    txt, js = path.with_suffix(".txt"), path.with_suffix(".json")
+    if txt.exists():
+        return txt.read_text(errors="replace").strip()
+    if js.exists():
+        try:
+            return caption_of(json.loads(js.read_text()))
+        except (json.JSONDecodeError, AttributeError):
+            return ""
+    return ""
+
+
+class PreferenceSource(ImageFolder):
+    """A preference export (JSONL: prompt, chosen, rejected, source; paths relative to the file):
+    trains on the chosen image of each pair."""
+
+    def __init__(self, path: str | Path, opts: DataOptions):
+        _Decoded.__init__(self, opts)
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"preference file {path} does not exist")
+        self.root = path.parent
+        entries = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            try:
+                rec = json.loads(line)
+                entries.append((self.root / rec["chosen"], str(rec.get("prompt", ""))))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                _warn_skip(self.skipped, f"{path}:{n}", "not a preference record")
+        self._index(entries)
+        if not self.files:
+            raise UserError(f"no usable pairs in {path}")
+
+
+class WebDatasetSource(_Decoded):
+    """webdataset tar shards, streamed: shards split over ranks (torchrun) and DataLoader workers.
+
+    A sample is the files sharing a key: the image (jpg/jpeg/png/webp) and its caption (txt, or
+    json with caption/text/prompt). With as many shards as ranks x workers or more, every sample
+    is read exactly once per epoch.
+    """
+
+    def __init__(self, urls: str, opts: DataOptions):
+        super().__init__(opts)
+        self.urls = urls
+        self.bucket_of = None
+
+    def stream(self, rank: int = 0, world: int = 1, epoch: int = 0) -> Iterator[Sample]:
+        import braceexpand
+        import webdataset as wds
+
+        shards = list(braceexpand.braceexpand(self.urls))
+        mine = shards[rank::world]
+        info = torch.utils.data.get_worker_info()
+        if info is not None:
+            mine = mine[info.id :: info.num_workers]
+        pipe = wds.WebDataset(mine, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False,
+                              handler=wds.warn_and_continue)  # fmt: skip
+        for n, rec in enumerate(pipe):
+            key = rec.get("__key__", str(n))
+            image = next((rec[k] for k in ("jpg", "jpeg", "png", "webp") if k in rec), None)
+            if image is None:
+                _warn_skip(self.skipped, key, "no image in the sample")
+                continue
+            caption = rec["txt"].decode("utf-8", "replace").strip() if "txt" in rec else ""
+            if not caption and "json" in rec:
+                try:
+                    caption = caption_of(json.loads(rec["json"]))
+                except (json.JSONDecodeError, AttributeError):
+                    pass
+            s = self.make_sample(image, caption, key, hash((epoch, key)) & 0x7FFFFFFF)
+            if s is not None:
+                yield s
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs and batches
+
+
+def parse_spec(spec: str) -> list[tuple[str, str, float]]:
+    """"folder:photos@0.7+shapes@0.3" -> [("folder", "photos", 0.7), ("shapes", "", 0.3)]."""
+    out = []
+    for part in spec.split("+"):
+        part, _, weight = part.partition("@")
+        kind, _, path = part.partition(":")
+        if kind not in SOURCES:
+            raise UserError(f"unknown data source '{kind}' in '{spec}' (choose from: {', '.join(SOURCES)})")
+        if kind != "shapes" and not path:
+            raise UserError(f"data source '{kind}' needs a path: '{kind}:PATH'")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise UserError(f"bad mixture weight '{weight}' in '{spec}'") from None
+        if w <= 0:
+            raise UserError(f"mixture weights must be positive, got {w} in '{spec}'")
+        out.append((kind, path, w))
+    return out
+
+
+def build_source(kind: str, path: str, opts: DataOptions):
+    if kind == "shapes":
+        return ShapesSource(opts)
+    if kind == "cache":
+        from flowfactory.data.cache import CachedSource
+
+        return CachedSource(path, opts)
+    return SOURCES[kind](path, opts)
+
+
+SOURCES = {"shapes": ShapesSource, "folder": ImageFolder, "webdataset": WebDatasetSource,
+           "preferences": PreferenceSource, "cache": None}  # fmt: skip
+
+
+class Batches:
+    """The global batch of each step, by position: `get(step, lo, hi)` is this rank's slice.
+
+    Map-style sources: a pure function of (seed, step) (with buckets, a `BucketPlan`; an
+    unreadable or deleted sample is replaced by another of the same bucket). Streams: each
+    rank reads its own shards and fills per-bucket buffers; a slice is one bucket's samples.
+    Mixtures: each step's whole global batch comes from one source, drawn by weight.
+    """
+
+    def __init__(self, spec: str, opts: DataOptions, batch_size: int, rank: int = 0, world: int = 1):
+        parts = parse_spec(spec)
+        self.sources = [build_source(kind, path, opts) for kind, path, _ in parts]
+        w = np.array([p[2] for p in parts])
+        self.weights = w / w.sum()
+        self.batch_size, self.seed, self.rank, self.world = batch_size, opts.seed, rank, world
+        self.plans = [BucketPlan(s.bucket_of, batch_size, opts.seed) if s.bucket_of is not None else None
+                      for s in self.sources]  # fmt: skip
+        self._streams: dict[int, Iterator] = {}
+        self._buffers: dict[int, dict[tuple, list[Sample]]] = {}
+        self._choices = np.zeros(0, dtype=np.int64)
+        self._epochs = [0] * len(self.sources)
+
+    def histogram(self) -> dict[str, int]:
+        """Samples per bucket "HxW" of the finite sources (streams are counted as they are read)."""
+        out: Counter = Counter()
+        for s in self.sources:
+            if s.bucket_of is not None:
+                names = s.bucket_names() if hasattr(s, "bucket_names") else [f"{h}x{w}" for h, w in s.buckets]
+                out.update(names[b] for b in s.bucket_of)
+        return dict(out)
+
+    @property
+    def skipped(self) -> Counter:
+        return sum((s.skipped for s in self.sources), Counter())
+
+    def _route(self, step: int) -> tuple[int, int]:
+        """-> (source, that source's own step count)."""
+        if len(self.sources) == 1:
+            return 0, step
+        if step >= len(self._choices):  # draw choices in blocks, a pure function of the seed
+            n = max(step + 1, 2 * len(self._choices), 1024)
+            rng = np.random.default_rng([self.seed, 7])
+            self._choices = rng.choice(len(self.sources), size=n, p=self.weights)
+        src = int(self._choices[step])
+        return src, int((self._choices[:step] == src).sum())
+
+    def get(self, step: int, lo: int, hi: int) -> list[Sample]:
+        src, local = self._route(step)
+        source, plan = self.sources[src], self.plans[src]
+        if hasattr(source, "stream"):
+            return self._from_stream(src, hi - lo)
+        if plan is None:
+            return [source.sample(local * self.batch_size + p) for p in range(lo, hi)]
+        members = plan.members
+        out = []
+        for i in plan.batch(local)[lo:hi]:
+            same = members[source.bucket_of[i]]
+            pos = int(np.searchsorted(same, i))
+            for k in range(len(same)):  # the sample, else the next readable one of its bucket
+                s = source.sample(int(same[(pos + k) % len(same)]))
+                if s is not None:
+                    break
+            else:
+                raise UserError(f"no readable sample left in a bucket of {type(source).__name__}")
+            out.append(s)
+        return out
+
+    def _from_stream(self, src: int, n: int) -> list[Sample]:
+        buffers = self._buffers.setdefault(src, {})
+        fresh = False
+        while True:
+            for key, buf in buffers.items():
+                if len(buf) >= n:
+                    out, buffers[key] = buf[:n], buf[n:]
+                    return out
+            if src not in self._streams:
+                self._streams[src] = self.sources[src].stream(self.rank, self.world, self._epochs[src])
+                fresh = True
+            try:
+                s = next(self._streams[src])
+            except StopIteration:  # the next epoch
+                del self._streams[src]
+                self._epochs[src] += 1
+                if fresh:
+                    raise UserError(f"data source {self.sources[src].urls} yields no readable samples on rank "
+                                    f"{self.rank} (fewer shards than ranks?)") from None  # fmt: skip
+                continue
+            fresh = False
+            buffers.setdefault(s.image.shape[1:] if s.image is not None else s.latent.shape[1:], []).append(s)
