@@ -46,6 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=96)
     ap.add_argument("--side", type=int, default=512, help="source image side (pixels)")
+    ap.add_argument("--image-size", type=int, default=64, help="training side (bucket area image-size^2)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--steps", type=int, default=12, help="timed steps per trainer")
     ap.add_argument("--threads", type=int, default=1)
@@ -57,6 +58,7 @@ def main() -> None:
         tmp = Path(tmp)
         make_folder(tmp / "imgs", args.images, args.side)
         cfg = dataclasses.replace(base, dataset=f"folder:{tmp / 'imgs'}", buckets=True, batch_size=args.batch_size,
+                                  image_size=args.image_size,
                                   val_every=0, sample_every=0, ema_decay=0.0, tombstones=str(tmp / "t.jsonl"))  # fmt: skip
         raw = Trainer(cfg, tmp / "raw", progress=False)
         opts = DataOptions(cfg.image_size, cfg.model.stride, cfg.seed, 0, True, cfg.max_aspect, True, cfg.tombstones)
@@ -83,15 +85,18 @@ def main() -> None:
                                                                   vars(args).items() if k != "json" and v is not None),
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} thread(s), torch {torch.__version__}",
         "date": datetime.date.today().isoformat(),
-        "images": args.images, "source_side": args.side, "batch_size": args.batch_size,
+        "images": args.images, "source_side": args.side, "image_size": args.image_size, "batch_size": args.batch_size,
         "median_step_s": {"raw": raw_s, "cache": cache_s_step},
         "speedup": raw_s / cache_s_step,
         "cache_build_s": cache_s,
         "max_rel_loss_diff": max(diffs),
     }  # fmt: skip
     print(json.dumps(rec, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rec, indent=1) + "\n")
+    if args.json:  # one file holds every configuration measured
+        path = Path(args.json)
+        runs = json.loads(path.read_text()) if path.exists() else []
+        runs = [r for r in (runs if isinstance(runs, list) else [runs]) if r.get("command") != rec["command"]]
+        path.write_text(json.dumps(runs + [rec], indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ from flowfactory.data.cache import CachedSource, build_cache
 from flowfactory.data.curate import CurateOptions, curate
 from flowfactory.data.sources import Batches, DataOptions, ImageFolder, parse_spec
 from flowfactory.data.tombstones import Tombstones, content_hash
+from flowfactory.checkpoint import load_checkpoint
 from flowfactory.errors import UserError
+from flowfactory.models.text import PrecomputedText
 from flowfactory.pipeline import Pipeline
 from flowfactory.train.logs import read_metrics
 from flowfactory.train.trainer import Trainer
@@ -143,20 +145,26 @@ def test_mixture_draws_whole_batches_by_weight(tmp_path):
         parse_spec("folder")
 
 
-def test_training_from_the_cache_matches_raw_images(tmp_path):
+@pytest.mark.parametrize("frozen_text", [False, True])
+def test_training_from_the_cache_matches_raw_images(tmp_path, frozen_text):
     aspect_folder(tmp_path / "imgs", sizes=((32, 32), (24, 48)), per=4)
     cfg = dataclasses.replace(recipe("tiny-shapes"), model=tiny_latent(), image_size=16, buckets=True, batch_size=4,
-                              dataset=f"folder:{tmp_path / 'imgs'}", val_every=0, tombstones=str(tmp_path / "t.jsonl"))  # fmt: skip
+                              dataset=f"folder:{tmp_path / 'imgs'}", val_every=0, tombstones=str(tmp_path / "t.jsonl"),
+                              train_text_encoder=not frozen_text)  # fmt: skip
     raw = Trainer(cfg, tmp_path / "raw", progress=False)
     opts = DataOptions(16, cfg.model.stride, cfg.seed, 0, True, cfg.max_aspect, True, cfg.tombstones)
-    build_cache(cfg.dataset, opts, raw.pipe, tmp_path / "cache", shard_size=3, progress=False)
+    build_cache(cfg.dataset, opts, raw.pipe, tmp_path / "cache", shard_size=3, text=frozen_text, progress=False)
     cached = Trainer(dataclasses.replace(cfg, dataset=f"cache:{tmp_path / 'cache'}"), tmp_path / "c", progress=False)
     cached.pipe.load_state_dict(raw.pipe.state_dict(), strict=False)
     assert cached.pipe.autoencoder.encoder is None  # not in memory while training from the cache
+    assert isinstance(cached.pipe.text_encoder, PrecomputedText) == frozen_text  # nor a frozen text encoder
     with torch.no_grad():
         for step in range(4):
             a, b = raw.loss(*raw.batch(step, 0)).item(), cached.loss(*cached.batch(step, 0)).item()
             assert abs(a - b) < 1e-5 * abs(a), (step, a, b)
+    assert cached.sample_grid().exists()  # sample grids still work without the encoders
+    _, comps = load_checkpoint(cached.export())
+    assert torch.equal(comps["text_encoder"]["embed.weight"], raw.pipe.text_encoder.embed.weight)
 
 
 def test_cache_build_resumes_after_interruption(tmp_path):
@@ -237,8 +245,6 @@ def test_deleted_image_never_appears_again_raw_or_cached(tmp_path):
 
 
 def test_staged_recipe_runs_each_stage_from_the_last(tmp_path):
-    from flowfactory.checkpoint import load_checkpoint
-
     out = tmp_path / "staged"
     assert main(["train", "--recipe", "tiny-staged", "--out", str(out), "--steps", "2", "--lr", "1e-12", "--json"]) == 0
     _, pre = load_checkpoint(out / "pre" / "checkpoints" / "step_0000002.safetensors")

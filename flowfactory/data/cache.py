@@ -60,9 +60,11 @@ def build_cache(spec: str, opts: DataOptions, pipe, out: str | Path, shard_size:
     if index and index["settings"] != settings:
         raise UserError(f"{out} holds a cache built with other settings ({index['settings']}): use a new --out")
     index = index or {"settings": settings, "shards": [], "count": 0, "position": 0, "done": False}
-    if text:
+    out.mkdir(parents=True, exist_ok=True)
+    if text:  # for CFG dropout while training from the cache
         txt, pooled = pipe.encode_text([""])
-        save_file({"txt": txt[0].contiguous(), "pooled": pooled[0].contiguous()}, str(out / "empty_prompt.safetensors"))
+        empty = {"txt": txt[0].cpu().contiguous(), "pooled": pooled[0].cpu().contiguous()}
+        atomic_write(out / "empty_prompt.safetensors", lambda tmp: save_file(empty, tmp))
     device = next(pipe.parameters()).device
     bar = tqdm(desc="cache", initial=index["count"], disable=not progress, unit="img")
     pending: list[tuple[int, Sample]] = []
@@ -85,7 +87,6 @@ def build_cache(spec: str, opts: DataOptions, pipe, out: str | Path, shard_size:
         bar.update(len(pending))
         pending.clear()
 
-    out.mkdir(parents=True, exist_ok=True)
     for pos, s in _samples(spec, opts, index["position"]):
         pending.append((pos, s))
         if len(pending) == shard_size:

@@ -132,3 +132,20 @@ def build_text_encoder(params: TextParams) -> nn.Module:
         case DualTextParams():
             return DualTextEncoder(params)
     raise TypeError(f"unknown text encoder params {type(params).__name__}")
+
+
+class PrecomputedText(nn.Module):
+    """A fixed table of prompt embeddings standing in for a frozen encoder (training from a cache
+    of text embeddings keeps only what sample grids and CFG dropout need)."""
+
+    def __init__(self, encoder: nn.Module, prompts: list[str]):
+        super().__init__()
+        with torch.no_grad():
+            txt, pooled = encoder(list(prompts))
+        self.table = {p: (txt[i].detach(), pooled[i].detach()) for i, p in enumerate(prompts)}
+
+    def forward(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        missing = [p for p in prompts if p not in self.table]
+        if missing:
+            raise UserError(f"no precomputed text embedding for {missing[0]!r} (the text encoder was unloaded)")
+        return torch.stack([self.table[p][0] for p in prompts]), torch.stack([self.table[p][1] for p in prompts])

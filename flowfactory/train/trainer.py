@@ -32,7 +32,7 @@ from flowfactory.data.sources import Batches, DataOptions, Sample
 from flowfactory.errors import UserError
 from flowfactory.flow.objectives import drop_text, flux_mu, interpolate, rectified_flow_loss, sample_timesteps
 from flowfactory.images import save_grid
-from flowfactory.models.text import EmbeddedTextParams
+from flowfactory.models.text import EmbeddedTextParams, PrecomputedText
 from flowfactory.pipeline import Pipeline, image_ids, pack, text_ids
 from flowfactory.train import distributed as D
 from flowfactory.train.logs import MetricsLogger
@@ -135,12 +135,6 @@ class Trainer:
         trains_text = cfg.train_text_encoder and isinstance(cfg.model.text, EmbeddedTextParams)
         self.pipe.text_encoder.requires_grad_(trains_text)
 
-        denoiser = Denoiser(self.pipe)
-        blocks = [*self.pipe.transformer.double_blocks, *self.pipe.transformer.single_blocks]
-        self.model = D.parallelize(denoiser, blocks, self.env, cfg.parallel, cfg.compile)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        self.ema = EMA(self.params, cfg.ema_decay) if cfg.ema_decay > 0 else None
         opts = DataOptions(cfg.image_size, cfg.model.stride, cfg.seed, cfg.dataset_size, cfg.buckets, cfg.max_aspect,
                            cfg.random_crop, cfg.tombstones)  # fmt: skip
         self.data = Batches(cfg.dataset, opts, cfg.batch_size, self.env.rank, self.env.world)
@@ -150,6 +144,19 @@ class Trainer:
         self.empty_text = next((s.empty for s in self.data.sources if getattr(s, "empty", None) is not None), None)
         if all(isinstance(s, CachedSource) for s in self.data.sources) and self.pipe.autoencoder is not None:
             self.pipe.autoencoder.encoder = None  # training reads latents: only the decoder (sample grids) stays
+        self.frozen_text_state = None
+        cached_text = all(isinstance(s, CachedSource) and s.empty is not None for s in self.data.sources)
+        if cached_text and not trains_text:  # the encoder is not needed: keep only the sample prompts' embeddings
+            if isinstance(cfg.model.text, EmbeddedTextParams):  # still exported with the model
+                self.frozen_text_state = {k: v.clone() for k, v in self.pipe.text_encoder.state_dict().items()}
+            self.pipe.text_encoder = PrecomputedText(self.pipe.text_encoder, [*cfg.sample_prompts, ""])
+
+        denoiser = Denoiser(self.pipe)
+        blocks = [*self.pipe.transformer.double_blocks, *self.pipe.transformer.single_blocks]
+        self.model = D.parallelize(denoiser, blocks, self.env, cfg.parallel, cfg.compile)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.ema = EMA(self.params, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.autocast = torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         self.step = 0
         self.buckets_seen: Counter = Counter()  # samples per bucket "HxW" trained on (this process)
@@ -261,7 +268,9 @@ class Trainer:
             sd = D.full_model_state(self.model)
         if self.env.is_main:
             comps = {"transformer": {k.removeprefix("transformer."): v for k, v in sd.items() if k.startswith("transformer.")}}
-            if isinstance(self.cfg.model.text, EmbeddedTextParams):
+            if self.frozen_text_state is not None:
+                comps["text_encoder"] = self.frozen_text_state
+            elif isinstance(self.cfg.model.text, EmbeddedTextParams):
                 comps["text_encoder"] = {k.removeprefix("text_encoder."): v for k, v in sd.items() if k.startswith("text_encoder.")}
             if self.pipe.autoencoder is not None:
                 comps["autoencoder"] = self.pipe.autoencoder.state_dict()
