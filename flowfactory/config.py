@@ -22,6 +22,16 @@ from flowfactory.models.flux import FluxParams
 from flowfactory.models.text import DualTextParams, EmbeddedTextParams, TextParams
 
 
+def input_channels(latent_channels: int, patch: int, downsample: int, channel_cond: str) -> int:
+    """Channels per input token: the noisy latents, plus the fill (masked-image latents + the
+    f x f mask of each latent pixel) or control (control-image latents) channels."""
+    ch = latent_channels * patch**2
+    extra = {"": 0, "fill": ch + downsample**2 * patch**2, "control": ch}
+    if channel_cond not in extra:
+        raise ValueError(f"channel_cond must be '', 'fill' or 'control', got '{channel_cond}'")
+    return ch + extra[channel_cond]
+
+
 @dataclass
 class ModelConfig:
     name: str
@@ -31,11 +41,17 @@ class ModelConfig:
     patch: int = 2  # latent pixels per token side (FLUX packs 2x2 latent patches)
     resolution: int = 1024  # default image side for generation (the training resolution)
     micro_cond: int = 0  # SDXL micro-conditioning: channels per size (0: off; vec_in_dim grows by 6x)
+    channel_cond: str = ""  # "": noisy tokens only; "fill": + masked-image latents + mask; "control": + control latents
+    context_offset: int = 1  # RoPE index step between context images (FLUX.1 Kontext 1, FLUX.2 10)
+    max_refs: int = 4  # most context images one call may give
 
     def __post_init__(self):
         ch = self.latent_channels * self.patch**2
         if self.flux.out_channels != ch:
             raise ValueError(f"{self.name}: out_channels {self.flux.out_channels} != latent channels x patch^2 = {ch}")
+        if self.flux.in_channels != self.input_channels:
+            raise ValueError(f"{self.name}: in_channels {self.flux.in_channels} != {self.input_channels} for "
+                             f"channel_cond '{self.channel_cond}'")  # fmt: skip
         if self.flux.context_in_dim != self.text.dim:
             raise ValueError(f"{self.name}: context_in_dim {self.flux.context_in_dim} != text dim {self.text.dim}")
         if self.flux.vec_in_dim != self.text.pooled_dim + 6 * self.micro_cond:
@@ -45,6 +61,14 @@ class ModelConfig:
     @property
     def latent_channels(self) -> int:
         return self.ae.z_channels if self.ae else 3
+
+    @property
+    def downsample(self) -> int:
+        return self.ae.downsample if self.ae else 1
+
+    @property
+    def input_channels(self) -> int:
+        return input_channels(self.latent_channels, self.patch, self.downsample, self.channel_cond)
 
     @property
     def stride(self) -> int:
@@ -82,6 +106,12 @@ def with_micro_cond(cfg: ModelConfig, dim: int = 16) -> ModelConfig:
     """The same model taking SDXL micro-conditioning (`dim` channels per size) through `vector_in`."""
     flux = dataclasses.replace(cfg.flux, vec_in_dim=cfg.text.pooled_dim + 6 * dim)
     return dataclasses.replace(cfg, name=f"{cfg.name}-micro", flux=flux, micro_cond=dim)
+
+
+def with_channel_cond(cfg: ModelConfig, kind: str, name: str | None = None) -> ModelConfig:
+    """The same model with the fill or control input layout (a wider `img_in`)."""
+    flux = dataclasses.replace(cfg.flux, in_channels=input_channels(cfg.latent_channels, cfg.patch, cfg.downsample, kind))
+    return dataclasses.replace(cfg, name=name or f"{cfg.name}-{kind}", flux=flux, channel_cond=kind)
 
 
 def tiny_ae() -> AutoEncoderParams:
@@ -123,6 +153,12 @@ MODELS: dict[str, Callable[[], ModelConfig]] = {
     "tiny": tiny,
     "tiny-latent": tiny_latent,
     "tiny-micro": lambda: with_micro_cond(tiny(), 8),
+    "tiny-fill": lambda: with_channel_cond(tiny_latent(), "fill", "tiny-fill"),
+    "tiny-control": lambda: with_channel_cond(tiny_latent(), "control", "tiny-control"),
+    "flux1-kontext-dev": lambda: dataclasses.replace(flux1_dev(), name="flux1-kontext-dev"),
+    "flux1-fill-dev": lambda: with_channel_cond(flux1_dev(), "fill", "flux1-fill-dev"),
+    "flux1-canny-dev": lambda: with_channel_cond(flux1_dev(), "control", "flux1-canny-dev"),
+    "flux1-depth-dev": lambda: with_channel_cond(flux1_dev(), "control", "flux1-depth-dev"),
     "demo": demo,
     "flux-100m": flux_100m,
     "flux-1b": flux_1b,

@@ -12,39 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from flowfactory.checkpoint import load_checkpoint, load_into, save_checkpoint
-from flowfactory.conditioning import inference_micro, with_micro
+from flowfactory import conditioning
+from flowfactory.conditioning import Conditioning, image_ids, inference_micro, pack, text_ids, unpack, with_micro
 from flowfactory.config import ModelConfig, model_config
 from flowfactory.errors import UserError
 from flowfactory.flow.sampling import SOLVERS, get_schedule, noise_like, true_cfg
 from flowfactory.models.autoencoder import AutoEncoder
 from flowfactory.models.flux import Flux, init_weights
 from flowfactory.models.text import EmbeddedTextParams, build_text_encoder
-
-
-def pack(z: Tensor, patch: int = 2) -> Tensor:
-    return rearrange(z, "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=patch, pw=patch)
-
-
-def unpack(x: Tensor, h: int, w: int, patch: int = 2) -> Tensor:
-    """Inverse of `pack` for a latent of `h x w` tokens."""
-    return rearrange(x, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=h, w=w, ph=patch, pw=patch)
-
-
-def image_ids(batch: int, h: int, w: int, offset: float = 0.0, device=None) -> Tensor:
-    """RoPE positions `(offset, row, col)` for `h x w` tokens -> `[B, h*w, 3]`."""
-    ids = torch.zeros(h, w, 3, device=device)
-    ids[..., 0] = offset
-    ids[..., 1] = torch.arange(h, device=device)[:, None]
-    ids[..., 2] = torch.arange(w, device=device)[None, :]
-    return repeat(ids, "h w c -> b (h w) c", b=batch)
-
-
-def text_ids(txt: Tensor) -> Tensor:
-    return torch.zeros(txt.shape[0], txt.shape[1], 3, device=txt.device)
 
 
 @dataclass
@@ -146,23 +124,61 @@ class Pipeline(nn.Module):
     def encode_text(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
         return self.text_encoder(prompts)
 
-    def velocity(self, txt: Tensor, pooled: Tensor, h: int, w: int, guidance: float | None = None):
-        """The transformer as a `velocity(x, t)` callable for a fixed prompt batch and token grid."""
+    def velocity(self, txt: Tensor, pooled: Tensor, h: int, w: int, guidance: float | None = None,
+                 cond: Conditioning | None = None):  # fmt: skip
+        """The transformer as a `velocity(x, t)` callable for a fixed prompt batch and token grid;
+        `cond` adds context tokens, input channels or text tokens around it."""
         b = txt.shape[0]
         ids, tids = image_ids(b, h, w, device=txt.device), text_ids(txt)
         g = torch.full((b,), guidance, device=txt.device, dtype=txt.dtype) if guidance is not None else None
 
         def v(x: Tensor, t: float) -> Tensor:
             ts = torch.full((b,), t, device=x.device, dtype=x.dtype)
-            return self.transformer(x, ids, txt, tids, ts, pooled, g)
+            if cond is None:
+                return self.transformer(x, ids, txt, tids, ts, pooled, g)
+            xi, idsi, txti, tidsi = cond.apply(x, ids, txt, tids)
+            return self.transformer(xi, idsi, txti, tidsi, ts, pooled, g)[:, : x.shape[1]]
 
         return v
+
+    # ----- image conditioning (composed outside the network) -------------------------------------
+    def _encode_condition(self, image: Tensor, what: str) -> Tensor:
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise UserError(f"{what} must be an RGB image batch [B, 3, H, W], got shape {tuple(image.shape)}")
+        self.check_size(image.shape[2], image.shape[3])
+        device = next(self.transformer.parameters()).device
+        with torch.no_grad():
+            return self.encode_images(image.to(device)).float()
+
+    def context(self, images: list[Tensor]) -> Conditioning:
+        """Kontext / multi-reference: context images (any size, each a multiple of the stride)."""
+        if len(images) > self.cfg.max_refs:
+            raise UserError(f"{len(images)} reference images given; model '{self.cfg.name}' takes at most {self.cfg.max_refs}")
+        return conditioning.kontext([self._encode_condition(im, "a context image") for im in images], self.cfg.patch,
+                                    self.cfg.context_offset)  # fmt: skip
+
+    def fill_condition(self, image: Tensor, mask: Tensor) -> Conditioning:
+        """Inpainting / outpainting: `mask` `[B, 1, H, W]`, 1 (or > 0.5) where to paint."""
+        if self.cfg.channel_cond != "fill":
+            raise UserError(f"model '{self.cfg.name}' is not a fill model (it has no mask input)")
+        if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[2:] != image.shape[2:]:
+            raise UserError(f"the mask is {tuple(mask.shape[-2:])} but the image is {tuple(image.shape[-2:])}: "
+                            "they must have the same size")  # fmt: skip
+        mask = (mask > 0.5).to(image.dtype)
+        masked = self._encode_condition(image * (1 - mask), "the image")
+        return conditioning.fill(masked, mask.to(masked.device), self.cfg.downsample, self.cfg.patch)
+
+    def control_condition(self, image: Tensor) -> Conditioning:
+        """Structural control (edge / depth map as an RGB image)."""
+        if self.cfg.channel_cond != "control":
+            raise UserError(f"model '{self.cfg.name}' is not a control model (it has no control input)")
+        return conditioning.control(self._encode_condition(image, "the control image"), self.cfg.patch)
 
     # ----- generation ----------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompts: list[str], height: int, width: int, steps: int = 28, guidance: float = 3.5,
-                 seed: int = 0, solver: str = "euler", shift: bool = True,
-                 autocast: torch.dtype | None = None) -> tuple[Tensor, dict[str, float]]:  # fmt: skip
+                 seed: int = 0, solver: str = "euler", shift: bool = True, autocast: torch.dtype | None = None,
+                 cond: Conditioning | None = None) -> tuple[Tensor, dict[str, float]]:  # fmt: skip
         """Prompts -> images in [-1, 1] `[B, 3, H, W]` and timings.
 
         Guidance-embedding models take `guidance` in one pass per step; others use true CFG
@@ -175,6 +191,9 @@ class Pipeline(nn.Module):
         if steps < 1:
             raise UserError(f"steps must be at least 1, got {steps}")
         self.check_size(height, width)
+        if self.cfg.channel_cond and (cond is None or cond.channels is None):
+            need = "a mask and an image" if self.cfg.channel_cond == "fill" else "a control image"
+            raise UserError(f"model '{self.cfg.name}' needs {need}")
         device = next(self.transformer.parameters()).device
         ds = self.cfg.ae.downsample if self.cfg.ae else 1
         lh, lw = height // ds, width // ds
@@ -185,11 +204,11 @@ class Pipeline(nn.Module):
             txt, pooled = self.encode_text(prompts)
             pooled = with_micro(pooled, inference_micro(len(prompts), height, width), self.cfg.micro_cond)
             embedded = self.cfg.flux.guidance_embed
-            velocity = self.velocity(txt, pooled, h, w, guidance if embedded else None)
+            velocity = self.velocity(txt, pooled, h, w, guidance if embedded else None, cond)
             if not embedded and guidance != 1.0:
                 txt_u, pooled_u = self.encode_text([""] * len(prompts))
                 pooled_u = with_micro(pooled_u, inference_micro(len(prompts), height, width), self.cfg.micro_cond)
-                velocity = true_cfg(velocity, self.velocity(txt_u, pooled_u, h, w), guidance)
+                velocity = true_cfg(velocity, self.velocity(txt_u, pooled_u, h, w, cond=cond), guidance)
             noise = torch.cat(
                 [noise_like((1, self.cfg.latent_channels, lh, lw), seed + i) for i in range(len(prompts))]
             ).to(device)
