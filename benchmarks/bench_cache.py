@@ -61,7 +61,7 @@ def main() -> None:
                                   image_size=args.image_size,
                                   val_every=0, sample_every=0, ema_decay=0.0, tombstones=str(tmp / "t.jsonl"))  # fmt: skip
         raw = Trainer(cfg, tmp / "raw", progress=False)
-        opts = DataOptions(cfg.image_size, cfg.model.stride, cfg.seed, 0, True, cfg.max_aspect, True, cfg.tombstones)
+        opts = DataOptions.of(cfg)
         t0 = time.perf_counter()
         build_cache(cfg.dataset, opts, raw.pipe, tmp / "cache", progress=False)
         cache_s = time.perf_counter() - t0

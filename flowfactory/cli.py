@@ -101,10 +101,11 @@ def cmd_train(args) -> None:
     for name, cfg in stages:
         cfg = _train_config(args, cfg)
         out = Path(args.out) / name if name else Path(args.out)
-        if previous is not None:
-            init = Pipeline.from_checkpoint(previous)
+        start = previous or (Path(args.init) if args.init else None)
+        if start is not None:
+            init = Pipeline.from_checkpoint(start)
             if init.cfg.name != cfg.model.name:
-                raise UserError(f"stage '{name}' trains model '{cfg.model.name}' but the last stage made '{init.cfg.name}'")
+                raise UserError(f"recipe trains model '{cfg.model.name}' but {start} holds '{init.cfg.name}'")
         else:
             init = _init_pipeline(cfg, args.autoencoder)
         if init is not None:
@@ -128,8 +129,7 @@ def cmd_cache(args) -> None:
     pipe = _init_pipeline(cfg, args.autoencoder) or Pipeline.from_config(cfg.model, seed=cfg.seed)
     pipe.eval()
     frozen_text = not (cfg.train_text_encoder and isinstance(cfg.model.text, EmbeddedTextParams))
-    opts = DataOptions(cfg.image_size, cfg.model.stride, cfg.seed, cfg.dataset_size, cfg.buckets, cfg.max_aspect,
-                       cfg.random_crop, cfg.tombstones)  # fmt: skip
+    opts = DataOptions.of(cfg)
     index = build_cache(cfg.dataset, opts, pipe, args.out, args.shard_size, text=frozen_text, progress=not args.json)
     summary = {"out": args.out, "samples": index["count"], "shards": len(index["shards"]), "text": frozen_text}
     print(json.dumps(summary) if args.json else f"cached {index['count']} samples in {len(index['shards'])} shards to {args.out}")
@@ -286,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--recipe", default="tiny-shapes", help=f"named training recipe: {', '.join(RECIPES)}")
     t.add_argument("--out", required=True, help="run directory (resumes from it when it holds train_state.pt)")
     t.add_argument("--autoencoder", help="trained autoencoder checkpoint (from train-ae) for latent models")
+    t.add_argument("--init", help="start from this model checkpoint (fine-tuning, mid-training)")
     t.add_argument("--steps", type=int, help="override: optimizer steps")
     t.add_argument("--batch-size", type=int, help="override: global batch size")
     t.add_argument("--grad-accum", type=int, help="override: micro-batches per step")

@@ -180,6 +180,7 @@ class TrainConfig:
     max_aspect: float = 2.0  # widest bucket aspect ratio
     random_crop: bool = True  # random crops (recorded as micro-conditioning); else centred
     tombstones: str = ""  # deletion list honoured by every source ("" = the default list)
+    t2i_ratio: float = 0.2  # edit-pair data: share of plain text-to-image batches (context dropped)
     image_size: int = 64  # training resolution (square); a multiple of the model's stride
     steps: int = 1000  # optimizer steps
     batch_size: int = 32  # global batch per optimizer step (over all ranks and accumulation steps)
@@ -228,6 +229,19 @@ def shapes_demo() -> TrainConfig:
                        checkpoint_every=500, export_dtype="bf16")  # fmt: skip
 
 
+def shapes_edit() -> TrainConfig:
+    """Kontext mid-training of the demo model on shapes-world edit pairs (20% text-to-image batches):
+    `flowfactory train --recipe shapes-edit --init flowfactory/assets/shapes-demo.safetensors`."""
+    return dataclasses.replace(shapes_demo(), dataset="edits", t2i_ratio=0.2, steps=3000, lr=3e-4, warmup=100,
+                               sample_every=0)  # fmt: skip
+
+
+def tiny_edits() -> TrainConfig:
+    """Kontext training at unit-test size (`tiny-latent` on edit pairs at 16 px)."""
+    return dataclasses.replace(tiny_shapes(), model=tiny_latent(), dataset="edits", dataset_size=0, steps=40,
+                               val_every=0, batch_size=8)  # fmt: skip
+
+
 def tiny_buckets() -> TrainConfig:
     """`tiny-micro` on your own images with aspect buckets: `--data folder:DIR` (tests, quick trials)."""
     return dataclasses.replace(tiny_shapes(), model=with_micro_cond(tiny(), 8), dataset="folder:images", buckets=True,
@@ -243,7 +257,8 @@ def tiny_staged() -> list[tuple[str, TrainConfig]]:
 
 Recipe = TrainConfig | list[tuple[str, TrainConfig]]  # one stage, or named stages run in order
 RECIPES: dict[str, Callable[[], Recipe]] = {"tiny-shapes": tiny_shapes, "shapes-demo": shapes_demo,
-                                            "tiny-buckets": tiny_buckets, "tiny-staged": tiny_staged}  # fmt: skip
+                                            "tiny-buckets": tiny_buckets, "tiny-staged": tiny_staged,
+                                            "shapes-edit": shapes_edit, "tiny-edits": tiny_edits}  # fmt: skip
 
 
 def recipe_stages(name: str) -> list[tuple[str, TrainConfig]]:

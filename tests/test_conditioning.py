@@ -148,3 +148,42 @@ def test_bad_conditioning_inputs_are_clear_errors():
         pipe.context([torch.zeros(1, 3, 10, 16)])
     images, _ = pipe.generate(["a red circle"], 16, 16, steps=2, cond=pipe.fill_condition(image, torch.ones(1, 1, 16, 16)))
     assert images.shape == (1, 3, 16, 16)
+
+
+def test_kontext_training_keeps_context_clean_and_learns_on_target_tokens(tmp_path):
+    import dataclasses
+
+    from flowfactory.config import recipe
+    from flowfactory.train.trainer import Trainer
+
+    cfg = dataclasses.replace(recipe("tiny-edits"), t2i_ratio=0.3)
+    tr = Trainer(cfg, tmp_path, progress=False)
+    kinds = []
+    for step in range(12):
+        samples = tr.data.get(step, 0, cfg.batch_size)
+        counts = {len(s.context or []) for s in samples}
+        assert len(counts) == 1  # a batch never mixes context counts
+        kinds.append(counts.pop())
+    assert {0, 1} <= set(kinds)  # plain text-to-image batches are mixed in
+    step = kinds.index(1)
+    b, text, noise, t = tr.batch(step, 0)
+    src = torch.stack([s.context[0] for s in tr.data.get(step, 0, cfg.batch_size)])
+    with torch.no_grad():
+        clean = pack(tr.pipe.encode_images(src))
+    assert torch.equal(b.cond.tokens, clean)  # context tokens are the clean latents, never noised
+    assert b.cond.token_ids[0, :, 0].unique().tolist() == [1.0]
+    first = tr.loss(b, text, noise, t).item()
+    tr.fit(40)
+    assert tr.loss(b, text, noise, t).item() < first
+    with torch.no_grad():
+        pred = tr.model(b.x0, image_ids_for(b), text, t, None, b.micro, b.cond)
+        other = dataclasses.replace(b.cond, tokens=torch.randn_like(b.cond.tokens))
+        pred2 = tr.model(b.x0, image_ids_for(b), text, t, None, b.micro, other)
+    assert pred.shape == b.x0.shape  # the output (and the loss) covers the target tokens only
+    assert not torch.allclose(pred, pred2)  # and depends on the context
+
+
+def image_ids_for(b):
+    from flowfactory.pipeline import image_ids
+
+    return image_ids(b.x0.shape[0], b.h, b.w)

@@ -152,7 +152,7 @@ def test_training_from_the_cache_matches_raw_images(tmp_path, frozen_text):
                               dataset=f"folder:{tmp_path / 'imgs'}", val_every=0, tombstones=str(tmp_path / "t.jsonl"),
                               train_text_encoder=not frozen_text)  # fmt: skip
     raw = Trainer(cfg, tmp_path / "raw", progress=False)
-    opts = DataOptions(16, cfg.model.stride, cfg.seed, 0, True, cfg.max_aspect, True, cfg.tombstones)
+    opts = DataOptions.of(cfg)
     build_cache(cfg.dataset, opts, raw.pipe, tmp_path / "cache", shard_size=3, text=frozen_text, progress=False)
     cached = Trainer(dataclasses.replace(cfg, dataset=f"cache:{tmp_path / 'cache'}"), tmp_path / "c", progress=False)
     cached.pipe.load_state_dict(raw.pipe.state_dict(), strict=False)

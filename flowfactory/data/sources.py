@@ -1,6 +1,7 @@
 """Training data sources behind one interface, chosen by a spec string in the recipe.
 
     shapes                     the procedural shapes world (endless)
+    edits                      shapes-world edit pairs with their context images (Kontext training)
     folder:PATH                an image folder (captions: metadata.jsonl, or sidecar .txt / .json)
     webdataset:URLS            tar shards, local or any URL webdataset opens ("shards/{000..015}.tar")
     preferences:FILE.jsonl     a preference export (the chosen image of each pair)
@@ -45,6 +46,7 @@ class Sample:
     txt: torch.Tensor | None = None  # [L, D] frozen text embedding (cached sources)
     pooled: torch.Tensor | None = None  # [D]
     hash: str = ""  # SHA-256 of the source file's bytes (for tombstones)
+    context: list[torch.Tensor] | None = None  # Kontext: context images [3, H, W] (source, then references)
 
 
 @dataclass
@@ -57,6 +59,13 @@ class DataOptions:
     max_ratio: float = 2.0  # widest bucket aspect ratio
     random_crop: bool = True  # else centred crops
     tombstones: str = ""  # tombstone file ("" = the default list)
+    t2i_ratio: float = 0.2  # edit pairs: share of plain text-to-image batches (context dropped)
+
+    @classmethod
+    def of(cls, cfg) -> "DataOptions":
+        """The data options of a `TrainConfig`."""
+        return cls(cfg.image_size, cfg.model.stride, cfg.seed, cfg.dataset_size, cfg.buckets, cfg.max_aspect,
+                   cfg.random_crop, cfg.tombstones, cfg.t2i_ratio)  # fmt: skip
 
     def bucket_list(self) -> list[tuple[int, int]]:
         if self.buckets:
@@ -116,6 +125,54 @@ class ShapesSource:
         img, text = self.data[i]
         s = self.data.image_size
         return Sample(caption=text, micro=(s, s, 0, 0, s, s), key=f"shapes/{self.data.seed}/{i}", image=img)
+
+
+class EditSource:
+    """Shapes-world edit pairs for Kontext training (endless): the target image, the instruction as
+    caption, and the context images (the source, then the reference for style / character edits).
+
+    Batches need one context count, so the kind of a whole block of `block` consecutive indices
+    (a global batch; `Batches` sets it) is drawn first: plain text-to-image with probability
+    `t2i_ratio`, else edits without a reference or with one, in KontextBench's proportions.
+    """
+
+    WITH_REFERENCE = ("style", "character")
+
+    def __init__(self, opts: DataOptions):
+        from flowfactory.data.edits import CATEGORIES
+
+        self.opts, self.block = opts, 1
+        self.shapes = ShapesDataset(opts.image_size, opts.seed, 0)
+        self.bucket_of = None
+        self.skipped: Counter = Counter()
+        self.groups = {False: [c for c in CATEGORIES if c not in self.WITH_REFERENCE], True: list(self.WITH_REFERENCE)}
+        total = sum(CATEGORIES.values())
+        self.p_ref = sum(CATEGORIES[c] for c in self.WITH_REFERENCE) / total
+        self.weights = {k: np.array([CATEGORIES[c] for c in v], float) for k, v in self.groups.items()}
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def _image(self, scene) -> torch.Tensor:
+        from flowfactory.data.shapes import render
+
+        return torch.from_numpy(render(scene, self.opts.image_size)).permute(2, 0, 1).float() / 127.5 - 1
+
+    def sample(self, i: int) -> Sample:
+        from flowfactory.data.edits import sample_edit
+
+        s = self.opts.image_size
+        block = np.random.default_rng([self.opts.seed, 17, i // self.block])
+        if block.random() < self.opts.t2i_ratio:
+            img, text = self.shapes[i]
+            return Sample(caption=text, micro=(s, s, 0, 0, s, s), key=f"shapes/{self.opts.seed}/{i}", image=img)
+        with_ref = bool(block.random() < self.p_ref)
+        cats, w = self.groups[with_ref], self.weights[with_ref]
+        rng = np.random.default_rng([self.opts.seed, 23, i])
+        pair = sample_edit(rng, cats[rng.choice(len(cats), p=w / w.sum())])
+        context = [self._image(pair.source)] + ([self._image(pair.reference)] if with_ref else [])
+        return Sample(caption=pair.instruction, micro=(s, s, 0, 0, s, s), key=f"edits/{self.opts.seed}/{i}",
+                      image=self._image(pair.target), context=context)  # fmt: skip
 
 
 class ImageFolder(_Decoded):
@@ -284,7 +341,7 @@ def parse_spec(spec: str) -> list[tuple[str, str, float]]:
         kind, _, path = part.partition(":")
         if kind not in SOURCES:
             raise UserError(f"unknown data source '{kind}' in '{spec}' (choose from: {', '.join(SOURCES)})")
-        if kind != "shapes" and not path:
+        if kind not in ("shapes", "edits") and not path:
             raise UserError(f"data source '{kind}' needs a path: '{kind}:PATH'")
         try:
             w = float(weight) if weight else 1.0
@@ -299,6 +356,8 @@ def parse_spec(spec: str) -> list[tuple[str, str, float]]:
 def build_source(kind: str, path: str, opts: DataOptions):
     if kind == "shapes":
         return ShapesSource(opts)
+    if kind == "edits":
+        return EditSource(opts)
     if kind == "cache":
         from flowfactory.data.cache import CachedSource
 
@@ -306,7 +365,7 @@ def build_source(kind: str, path: str, opts: DataOptions):
     return SOURCES[kind](path, opts)
 
 
-SOURCES = {"shapes": ShapesSource, "folder": ImageFolder, "webdataset": WebDatasetSource,
+SOURCES = {"shapes": ShapesSource, "edits": EditSource, "folder": ImageFolder, "webdataset": WebDatasetSource,
            "preferences": PreferenceSource, "cache": None}  # fmt: skip
 
 
@@ -322,6 +381,9 @@ class Batches:
     def __init__(self, spec: str, opts: DataOptions, batch_size: int, rank: int = 0, world: int = 1):
         parts = parse_spec(spec)
         self.sources = [build_source(kind, path, opts) for kind, path, _ in parts]
+        for src in self.sources:
+            if hasattr(src, "block"):  # sources whose samples must agree within a global batch
+                src.block = batch_size
         w = np.array([p[2] for p in parts])
         self.weights = w / w.sum()
         self.batch_size, self.seed, self.rank, self.world = batch_size, opts.seed, rank, world

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from flowfactory.checkpoint import atomic_write, save_checkpoint
-from flowfactory.conditioning import MICRO_FIELDS, with_micro
+from flowfactory.conditioning import MICRO_FIELDS, Conditioning, kontext, with_micro
 from flowfactory.config import TrainConfig, from_json, to_json
 from flowfactory.data.cache import CachedSource
 from flowfactory.data.sources import Batches, DataOptions, Sample
@@ -50,10 +50,15 @@ class Denoiser(nn.Module):
         self.micro_dim = pipe.cfg.micro_cond
 
     def forward(self, x_t: Tensor, ids: Tensor, text: list[str] | tuple[Tensor, Tensor], t: Tensor,
-                guidance: Tensor | None, micro: Tensor | None = None) -> Tensor:  # fmt: skip
-        """`text`: prompts, or precomputed (txt `[B, L, D]`, pooled `[B, D]`) from a latent cache."""
+                guidance: Tensor | None, micro: Tensor | None = None, cond: Conditioning | None = None) -> Tensor:  # fmt: skip
+        """`text`: prompts, or precomputed (txt `[B, L, D]`, pooled `[B, D]`) from a latent cache;
+        `cond`: context tokens / channels around the transformer (the output keeps the target tokens)."""
         txt, pooled = self.text_encoder(text) if isinstance(text, list) else text
-        return self.transformer(x_t, ids, txt, text_ids(txt), t, with_micro(pooled, micro, self.micro_dim), guidance)
+        y, tids = with_micro(pooled, micro, self.micro_dim), text_ids(txt)
+        if cond is None:
+            return self.transformer(x_t, ids, txt, tids, t, y, guidance)
+        x, ids, txt, tids = cond.apply(x_t, ids, txt, tids)
+        return self.transformer(x, ids, txt, tids, t, y, guidance)[:, : x_t.shape[1]]
 
 
 @dataclass
@@ -65,6 +70,7 @@ class Batch:
     micro: Tensor  # [B, 6] micro-conditioning sizes
     txt: Tensor | None = None  # cached text embeddings [B, L, D] and pooled [B, D]
     pooled: Tensor | None = None
+    cond: Conditioning | None = None  # Kontext context tokens (never noised)
 
     def text(self, dropped: list[bool], empty: tuple[Tensor, Tensor] | None) -> list[str] | tuple[Tensor, Tensor]:
         """Prompts (or cached embeddings) with the dropped ones emptied, for CFG training."""
@@ -135,8 +141,7 @@ class Trainer:
         trains_text = cfg.train_text_encoder and isinstance(cfg.model.text, EmbeddedTextParams)
         self.pipe.text_encoder.requires_grad_(trains_text)
 
-        opts = DataOptions(cfg.image_size, cfg.model.stride, cfg.seed, cfg.dataset_size, cfg.buckets, cfg.max_aspect,
-                           cfg.random_crop, cfg.tombstones)  # fmt: skip
+        opts = DataOptions.of(cfg)
         self.data = Batches(cfg.dataset, opts, cfg.batch_size, self.env.rank, self.env.world)
         self.val_batch = min(cfg.val_samples, 64)
         val_opts = dataclasses.replace(opts, seed=cfg.seed + VAL_SEED_OFFSET, length=cfg.val_samples)
@@ -179,6 +184,11 @@ class Trainer:
         if samples[0].txt is not None:
             batch.txt = torch.stack([s.txt for s in samples]).to(dev)
             batch.pooled = torch.stack([s.pooled for s in samples]).to(dev)
+        if samples[0].context:
+            with torch.no_grad():
+                ctx = [self.pipe.encode_images(torch.stack([s.context[j] for s in samples]).to(dev)).float()
+                       for j in range(len(samples[0].context))]  # fmt: skip
+            batch.cond = kontext(ctx, p, self.cfg.model.context_offset)
         return batch
 
     def batch(self, step: int, micro: int) -> tuple[Batch, list[str] | tuple[Tensor, Tensor], Tensor, Tensor]:
@@ -202,7 +212,7 @@ class Trainer:
         ids = image_ids(n, b.h, b.w, device=b.x0.device)
         g = torch.ones(n, device=b.x0.device) if self.cfg.model.flux.guidance_embed else None
         with self.autocast:
-            pred = self.model(interpolate(b.x0, noise, t), ids, text, t, g, b.micro)
+            pred = self.model(interpolate(b.x0, noise, t), ids, text, t, g, b.micro, b.cond)
         return rectified_flow_loss(pred, b.x0, noise).mean()
 
     def train_step(self) -> dict[str, float]:
