@@ -23,7 +23,10 @@ from pathlib import Path
 
 from flowfactory.errors import UserError
 
-DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "shapes-demo.safetensors"
+ASSETS = Path(__file__).parent / "assets"
+DEFAULT_CHECKPOINT = ASSETS / "shapes-demo.safetensors"  # text to image
+DEFAULT_EDIT_CHECKPOINT = ASSETS / "shapes-edit.safetensors"  # Kontext editing
+DEFAULT_FILL_CHECKPOINT = ASSETS / "shapes-fill.safetensors"  # inpainting / outpainting
 
 
 def _device_dtype(args):
@@ -35,13 +38,20 @@ def _device_dtype(args):
     return device, (torch.bfloat16 if args.bf16 or device.type == "cuda" else None)
 
 
-def cmd_generate(args) -> None:
+def _generate(args, default_ckpt: Path, prompt: str, condition=None, size_hint: tuple[int, int] | None = None) -> None:
+    """Shared by generate / edit / fill / vary: load, condition, sample, save, report.
+
+    `condition(pipe, height, width) -> Conditioning` builds the image conditioning for the output size;
+    `size_hint` is the default output (height, width) (the input image's, for editing).
+    """
     from flowfactory.images import save_grid, save_image
     from flowfactory.pipeline import Pipeline
 
-    ckpt = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
-    if not args.prompt.strip():
+    ckpt = Path(args.checkpoint) if args.checkpoint else default_ckpt
+    if not prompt.strip():
         raise UserError("empty prompt: describe the image to generate")
+    if not ckpt.exists() and not args.checkpoint:
+        raise UserError(f"no model shipped at {ckpt}: pass --checkpoint")
     device, autocast = _device_dtype(args)
     t0 = time.perf_counter()
     dirs = (args.t5, args.clip) if args.t5 or args.clip else None
@@ -50,16 +60,19 @@ def cmd_generate(args) -> None:
     load_s = time.perf_counter() - t0
     size = args.size or pipe.cfg.resolution
     height, width = args.height or size, args.width or size
-    images, timings = pipe.generate([args.prompt] * args.num_images, height, width, steps=args.steps,
+    if size_hint and not (args.size or args.height or args.width):
+        height, width = (max(pipe.cfg.stride, d // pipe.cfg.stride * pipe.cfg.stride) for d in size_hint)
+    cond = condition(pipe, height, width).repeat(args.num_images) if condition else None
+    images, timings = pipe.generate([prompt] * args.num_images, height, width, steps=args.steps,
                                     guidance=args.guidance, seed=args.seed, solver=args.solver,
-                                    autocast=autocast)  # fmt: skip
+                                    autocast=autocast, cond=cond)  # fmt: skip
     out = Path(args.output)
     if args.num_images == 1:
         save_image(images[0], out)
     else:
         save_grid(images, out)
     record = {
-        "prompt": args.prompt, "seed": args.seed, "steps": args.steps, "guidance": args.guidance,
+        "prompt": prompt, "seed": args.seed, "steps": args.steps, "guidance": args.guidance,
         "height": height, "width": width, "solver": args.solver, "checkpoint": str(ckpt), "output": str(out),
         "device": str(device), "timings": {"load_s": load_s, **timings},
     }  # fmt: skip
@@ -67,6 +80,76 @@ def cmd_generate(args) -> None:
         print(json.dumps(record))
     else:
         print(f"wrote {out} ({height}x{width}, {args.steps} steps, {sum(timings.values()):.2f} s)")
+
+
+
+
+def _image_for(pipe, path: str, size: tuple[int, int] | None = None):
+    """An input image as a batch of one, at `size` or at its own size rounded down to the model's stride."""
+    from flowfactory.images import load_image
+
+    img = load_image(path)
+    if size is None:
+        s = pipe.cfg.stride
+        size = tuple(max(s, d // s * s) for d in img.shape[1:])
+    if tuple(img.shape[1:]) != tuple(size):
+        img = load_image(path, size)
+    return img[None]
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    from flowfactory.images import load_image
+
+    return tuple(load_image(path).shape[1:])
+
+
+def cmd_generate(args) -> None:
+    if args.control:
+        _image_size(args.control)  # a clear error for an unreadable file before loading the model
+
+    def control(pipe, h, w):
+        return pipe.control_condition(_image_for(pipe, args.control, (h, w)))
+
+    _generate(args, DEFAULT_CHECKPOINT, args.prompt, control if args.control else None)
+
+
+def cmd_edit(args) -> None:
+    source = _image_size(args.image)
+    for r in args.ref or []:
+        _image_size(r)
+
+    def condition(pipe, h, w):
+        return pipe.context([_image_for(pipe, p) for p in [args.image, *(args.ref or [])]])
+
+    _generate(args, DEFAULT_EDIT_CHECKPOINT, args.instruction, condition, size_hint=source)
+
+
+def cmd_fill(args) -> None:
+    import torch
+
+    from flowfactory.images import load_image
+
+    source = _image_size(args.image)
+    mask_size = _image_size(args.mask)
+    if mask_size != source:
+        raise UserError(f"the mask is {mask_size[1]}x{mask_size[0]} but the image is {source[1]}x{source[0]}: "
+                        "they must have the same size")  # fmt: skip
+    left, top, right, bottom = args.expand
+    if min(args.expand) < 0:
+        raise UserError("--expand takes four non-negative pixel counts: LEFT TOP RIGHT BOTTOM")
+    padded = (source[0] + top + bottom, source[1] + left + right)
+
+    def condition(pipe, h, w):
+        img = load_image(args.image)[None]
+        mask = (load_image(args.mask)[None].mean(1, keepdim=True) + 1) / 2  # white = repaint
+        if any(args.expand):  # outpainting: the new border is masked
+            img = torch.nn.functional.pad(img, (left, right, top, bottom), value=0.0)
+            mask = torch.nn.functional.pad(mask, (left, right, top, bottom), value=1.0)
+        img = torch.nn.functional.interpolate(img, size=(h, w), mode="bicubic", align_corners=False).clamp(-1, 1)
+        mask = torch.nn.functional.interpolate(mask, size=(h, w), mode="nearest")
+        return pipe.fill_condition(img, mask)
+
+    _generate(args, DEFAULT_FILL_CHECKPOINT, args.prompt, condition, size_hint=padded)
 
 
 def _train_config(args, cfg):
@@ -254,33 +337,31 @@ def cmd_eval(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from flowfactory.config import MODELS, RECIPES
-    from flowfactory.flow.sampling import SOLVERS
 
     p = argparse.ArgumentParser(prog="flowfactory", description="Train, evaluate and serve FLUX-family flow models.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("generate", help="text to image")
+    g = sub.add_parser("generate", help="text to image (with --control: structure from an image)")
     g.add_argument("prompt", help="what to draw")
-    g.add_argument("-o", "--output", default="out.png", help="PNG to write (a grid when --num-images > 1)")
-    g.add_argument("--checkpoint", help="flowfactory or reference transformer file (default: the shipped demo model)")
-    g.add_argument("--model", help=f"config of a bare reference checkpoint: {', '.join(MODELS)}")
-    g.add_argument("--autoencoder", help="autoencoder file for a bare transformer checkpoint (e.g. ae.safetensors)")
-    g.add_argument("--t5", help="local T5 encoder directory (FLUX.1 models)")
-    g.add_argument("--clip", help="local CLIP text model directory (FLUX.1 models)")
-    g.add_argument("--seed", type=int, default=0, help="noise seed (image i uses seed + i)")
-    g.add_argument("--steps", type=int, default=28, help="solver steps")
-    g.add_argument("--guidance", type=float, default=3.5,
-                   help="guidance scale: embedded for guidance-distilled models, true CFG otherwise (1 = off)")
-    g.add_argument("--solver", choices=list(SOLVERS), default="euler", help="ODE solver")
-    g.add_argument("--size", type=int, help="square image side (default: the model's training resolution)")
-    g.add_argument("--height", type=int, help="image height (overrides --size)")
-    g.add_argument("--width", type=int, help="image width (overrides --size)")
-    g.add_argument("--num-images", type=int, default=1, help="images for the prompt, saved as one grid")
-    g.add_argument("--device", default="cpu", help="cpu or cuda (cuda runs in bf16)")
-    g.add_argument("--bf16", action="store_true",
-                   help="bf16 autocast on the CPU too (only CPUs with AVX512-BF16 or AMX run it fast)")
-    g.add_argument("--json", action="store_true", help="print a JSON record (prompt, seed, steps, guidance, timings)")
+    _generation_args(g)
+    g.add_argument("--control", help="control image (edge / depth map) for a control model")
     g.set_defaults(func=cmd_generate)
+
+    ed = sub.add_parser("edit", help="edit an image from an instruction (Kontext), with optional references")
+    ed.add_argument("image", help="the image to edit")
+    ed.add_argument("instruction", help='what to change, e.g. "make the circle blue"')
+    ed.add_argument("--ref", action="append", help="a reference image (style, character); repeatable")
+    _generation_args(ed)
+    ed.set_defaults(func=cmd_edit)
+
+    fi = sub.add_parser("fill", help="inpaint (white mask pixels are repainted) or outpaint (--expand)")
+    fi.add_argument("image", help="the image")
+    fi.add_argument("mask", help="mask image of the same size: white = repaint, black = keep")
+    fi.add_argument("prompt", help="what the repainted region should show")
+    fi.add_argument("--expand", type=int, nargs=4, default=[0, 0, 0, 0], metavar=("LEFT", "TOP", "RIGHT", "BOTTOM"),
+                    help="outpainting: pixels to add on each side (masked)")
+    _generation_args(fi)
+    fi.set_defaults(func=cmd_fill)
 
     t = sub.add_parser("train", help="train the transformer (and the embedded text encoder) with rectified flow")
     t.add_argument("--recipe", default="tiny-shapes", help=f"named training recipe: {', '.join(RECIPES)}")
@@ -386,6 +467,33 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=cmd_info)
     return p
+
+
+def _generation_args(g) -> None:
+    """The flags generate, edit, fill and vary share."""
+    from flowfactory.config import MODELS
+    from flowfactory.flow.sampling import SOLVERS
+
+    g.add_argument("-o", "--output", default="out.png", help="PNG to write (a grid when --num-images > 1)")
+    g.add_argument("--checkpoint", help="flowfactory or reference transformer file (default: the shipped demo model "
+                   "for the command)")
+    g.add_argument("--model", help=f"config of a bare reference checkpoint: {', '.join(MODELS)}")
+    g.add_argument("--autoencoder", help="autoencoder file for a bare transformer checkpoint (e.g. ae.safetensors)")
+    g.add_argument("--t5", help="local T5 encoder directory (FLUX.1 models)")
+    g.add_argument("--clip", help="local CLIP text model directory (FLUX.1 models)")
+    g.add_argument("--seed", type=int, default=0, help="noise seed (image i uses seed + i)")
+    g.add_argument("--steps", type=int, default=28, help="solver steps")
+    g.add_argument("--guidance", type=float, default=3.5,
+                   help="guidance scale: embedded for guidance-distilled models, true CFG otherwise (1 = off)")
+    g.add_argument("--solver", choices=list(SOLVERS), default="euler", help="ODE solver")
+    g.add_argument("--size", type=int, help="square image side (default: the model's training resolution)")
+    g.add_argument("--height", type=int, help="image height (overrides --size)")
+    g.add_argument("--width", type=int, help="image width (overrides --size)")
+    g.add_argument("--num-images", type=int, default=1, help="images for the prompt, saved as one grid")
+    g.add_argument("--device", default="cpu", help="cpu or cuda (cuda runs in bf16)")
+    g.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast on the CPU too (only CPUs with AVX512-BF16 or AMX run it fast)")
+    g.add_argument("--json", action="store_true", help="print a JSON record (prompt, seed, steps, guidance, timings)")
 
 
 def _data_args(p) -> None:

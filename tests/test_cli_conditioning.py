@@ -1,0 +1,68 @@
+"""edit / fill / generate --control on the command line: outputs and one-line errors."""
+
+import json
+
+import pytest
+from PIL import Image
+from test_cli import assert_one_line_error, run
+
+from flowfactory.config import model_config
+from flowfactory.pipeline import Pipeline
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cond")
+    for name in ("tiny-latent", "tiny-fill", "tiny-control"):
+        Pipeline.from_config(model_config(name)).save(d / f"{name}.safetensors")
+    Image.new("RGB", (24, 16), (240, 40, 40)).save(d / "img.png")
+    Image.new("RGB", (20, 20), (40, 40, 230)).save(d / "ref.png")
+    mask = Image.new("L", (24, 16), 0)
+    mask.paste(255, (4, 4, 12, 12))
+    mask.save(d / "mask.png")
+    Image.new("L", (16, 16), 0).save(d / "small_mask.png")
+    (d / "corrupt.png").write_bytes(b"\x89PNG not really")
+    return d
+
+
+def test_edit_with_references_keeps_the_source_size(files):
+    rc, out, err = run("edit", str(files / "img.png"), "make it blue", "--ref", str(files / "ref.png"), "--ref",
+                       str(files / "ref.png"), "--checkpoint", str(files / "tiny-latent.safetensors"), "--steps", "2",
+                       "-o", str(files / "edited.png"), "--json")  # fmt: skip
+    assert rc == 0, err
+    assert json.loads(out)["width"] == 24 and Image.open(files / "edited.png").size == (24, 16)
+
+
+def test_edit_errors(files):
+    ckpt = ["--checkpoint", str(files / "tiny-latent.safetensors"), "--steps", "1"]
+    refs = sum((["--ref", str(files / "ref.png")] for _ in range(4)), [])
+    assert_one_line_error(*run("edit", str(files / "img.png"), "x", *refs, *ckpt)[::2], "at most 4")
+    assert_one_line_error(*run("edit", str(files / "corrupt.png"), "x", *ckpt)[::2], "cannot read image")
+    assert_one_line_error(*run("edit", str(files / "img.png"), "x", "--ref", str(files / "nope.png"), *ckpt)[::2],
+                          "cannot read image")  # fmt: skip
+
+
+def test_fill_inpaint_and_outpaint(files):
+    common = ["--checkpoint", str(files / "tiny-fill.safetensors"), "--steps", "2"]
+    rc, _, err = run("fill", str(files / "img.png"), str(files / "mask.png"), "a cross", *common, "-o",
+                     str(files / "filled.png"))  # fmt: skip
+    assert rc == 0, err
+    assert Image.open(files / "filled.png").size == (24, 16)
+    rc, _, err = run("fill", str(files / "img.png"), str(files / "mask.png"), "more", "--expand", "4", "0", "4", "4",
+                     *common, "-o", str(files / "outpaint.png"))  # fmt: skip
+    assert rc == 0, err
+    assert Image.open(files / "outpaint.png").size == (32, 20)
+    assert_one_line_error(*run("fill", str(files / "img.png"), str(files / "small_mask.png"), "x", *common)[::2],
+                          "same size")  # fmt: skip
+    assert_one_line_error(*run("fill", str(files / "img.png"), str(files / "mask.png"), "x", "--checkpoint",
+                               str(files / "tiny-latent.safetensors"))[::2], "not a fill model")  # fmt: skip
+
+
+def test_generate_with_control(files):
+    rc, _, err = run("generate", "a circle", "--control", str(files / "img.png"), "--checkpoint",
+                     str(files / "tiny-control.safetensors"), "--steps", "2", "-o", str(files / "ctl.png"))  # fmt: skip
+    assert rc == 0, err
+    assert_one_line_error(*run("generate", "a circle", "--checkpoint", str(files / "tiny-control.safetensors"))[::2],
+                          "needs a control image")  # fmt: skip
+    assert_one_line_error(*run("generate", "a circle", "--control", str(files / "img.png"), "--checkpoint",
+                               str(files / "tiny-latent.safetensors"))[::2], "not a control model")  # fmt: skip
