@@ -324,10 +324,23 @@ def cmd_eval(args) -> None:
         summary = rec["summary"]
         table = run.markdown_table(summary, run.geneval.TASKS)
     elif args.benchmark == "editbench":
-        if args.editor not in run.EDITORS:
-            raise UserError(f"unknown editor '{args.editor}' (choose from: {', '.join(run.EDITORS)})")
-        rec = run.run_editbench(run.EDITORS[args.editor], args.out, n=args.pairs, name=args.editor)
+        if args.editor == "model":  # a Kontext checkpoint
+            from flowfactory.pipeline import Pipeline
+
+            device, _ = _device_dtype(args)
+            ckpt = Path(args.checkpoint) if args.checkpoint else DEFAULT_EDIT_CHECKPOINT
+            pipe = Pipeline.from_checkpoint(ckpt).to(device)
+            editor = run.kontext_editor(pipe, args.steps, args.guidance)
+        elif args.editor in run.EDITORS:
+            editor = run.EDITORS[args.editor]
+        else:
+            raise UserError(f"unknown editor '{args.editor}' (choose from: model, {', '.join(run.EDITORS)})")
+        rec = run.run_editbench(editor, args.out, n=args.pairs, name=args.editor)
         summary = rec["summary"]
+        if args.editor == "model" and args.identity_chains:
+            summary["character_identity"] = run.character_identity(pipe, args.identity_chains, steps=args.steps,
+                                                                   guidance=args.guidance)  # fmt: skip
+            Path(args.out, "character-identity.json").write_text(json.dumps(summary["character_identity"], indent=1))
         table = run.markdown_table({args.editor: summary}, tuple(run.editbench.CATEGORIES))
     else:  # ground-truth: the scorers on rendered solutions and on noise
         summary = run.ground_truth_geneval()
@@ -453,7 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--guidance", type=float, default=3.0)
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--limit", type=int, help="only the first N prompts (quick checks)")
-    e.add_argument("--editor", default="identity", help="editbench: ground-truth or identity (the baselines)")
+    e.add_argument("--editor", default="identity",
+                   help="editbench: model (a Kontext checkpoint, default the shipped edit model), or the baselines "
+                   "ground-truth and identity")  # fmt: skip
+    e.add_argument("--identity-chains", type=int, default=0,
+                   help="editbench with a model: also edit N character scenes 5 times and report identity")
     e.add_argument("--pairs", type=int, default=200, help="editbench: number of pairs (>= 200 for the benchmark)")
     e.add_argument("--device", default="cpu", help="cpu or cuda")
     e.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU")

@@ -66,3 +66,14 @@ def test_generate_with_control(files):
                           "needs a control image")  # fmt: skip
     assert_one_line_error(*run("generate", "a circle", "--control", str(files / "img.png"), "--checkpoint",
                                str(files / "tiny-latent.safetensors"))[::2], "not a control model")  # fmt: skip
+
+
+def test_editbench_runs_a_kontext_checkpoint_with_multi_turn_identity(files):
+    rc, out, err = run("eval", "editbench", "--editor", "model", "--checkpoint", str(files / "tiny-latent.safetensors"),
+                       "--pairs", "5", "--steps", "1", "--identity-chains", "2", "--out", str(files / "eb"), "--json")  # fmt: skip
+    assert rc == 0, err
+    summary = json.loads(out)
+    assert 0.0 <= summary["overall"] <= 1.0
+    ident = summary["character_identity"]
+    assert ident["chains"] == 2 and len(ident["identity_rate_per_turn"]) == 5
+    assert (files / "eb" / "character-identity.json").exists()
