@@ -47,9 +47,16 @@ def _generate(args, default_ckpt: Path, prompt: str, condition=None, size_hint: 
     from flowfactory.images import save_grid, save_image
     from flowfactory.pipeline import Pipeline
 
-    ckpt = Path(args.checkpoint) if args.checkpoint else default_ckpt
     if not prompt.strip():
         raise UserError("empty prompt: describe the image to generate")
+    steps, guidance = args.steps or 28, 3.5 if args.guidance is None else args.guidance
+    if args.tier:
+        from flowfactory.tiers import resolve_tier
+
+        tier = resolve_tier(args.tiers or default_ckpt.parent / "tiers.json", args.tier)
+        default_ckpt, steps = tier.checkpoint, args.steps or tier.steps
+        guidance = tier.guidance if args.guidance is None else args.guidance
+    ckpt = Path(args.checkpoint) if args.checkpoint else default_ckpt
     if not ckpt.exists() and not args.checkpoint:
         raise UserError(f"no model shipped at {ckpt}: pass --checkpoint")
     device, autocast = _device_dtype(args)
@@ -63,23 +70,22 @@ def _generate(args, default_ckpt: Path, prompt: str, condition=None, size_hint: 
     if size_hint and not (args.size or args.height or args.width):
         height, width = (max(pipe.cfg.stride, d // pipe.cfg.stride * pipe.cfg.stride) for d in size_hint)
     cond = condition(pipe, height, width).repeat(args.num_images) if condition else None
-    images, timings = pipe.generate([prompt] * args.num_images, height, width, steps=args.steps,
-                                    guidance=args.guidance, seed=args.seed, solver=args.solver,
-                                    autocast=autocast, cond=cond)  # fmt: skip
+    images, timings = pipe.generate([prompt] * args.num_images, height, width, steps=steps, guidance=guidance,
+                                    seed=args.seed, solver=args.solver, autocast=autocast, cond=cond)  # fmt: skip
     out = Path(args.output)
     if args.num_images == 1:
         save_image(images[0], out)
     else:
         save_grid(images, out)
     record = {
-        "prompt": prompt, "seed": args.seed, "steps": args.steps, "guidance": args.guidance,
+        "prompt": prompt, "seed": args.seed, "steps": steps, "guidance": guidance, "tier": args.tier,
         "height": height, "width": width, "solver": args.solver, "checkpoint": str(ckpt), "output": str(out),
         "device": str(device), "timings": {"load_s": load_s, **timings},
     }  # fmt: skip
     if args.json:
         print(json.dumps(record))
     else:
-        print(f"wrote {out} ({height}x{width}, {args.steps} steps, {sum(timings.values()):.2f} s)")
+        print(f"wrote {out} ({height}x{width}, {steps} steps, {sum(timings.values()):.2f} s)")
 
 
 
@@ -199,6 +205,25 @@ def cmd_train(args) -> None:
         if trainer.env.is_main:
             label = f"stage '{name}' " if name else ""
             print(json.dumps({"stage": name, **metrics}) if args.json else f"{label}done: step {trainer.step}, {metrics}")
+
+
+def cmd_distill(args) -> None:
+    from flowfactory.config import recipe
+    from flowfactory.pipeline import Pipeline
+    from flowfactory.train.distill import GuidanceDistiller
+
+    teacher = Pipeline.from_checkpoint(args.teacher)
+    cfg = _train_config(args, recipe(args.recipe))
+    if args.guidance_range:
+        lo, hi = args.guidance_range
+        if not 0 < lo <= hi:
+            raise UserError(f"--guidance-range needs 0 < MIN <= MAX, got {lo} {hi}")
+        cfg = dataclasses.replace(cfg, guidance_min=lo, guidance_max=hi)
+    trainer = GuidanceDistiller(cfg, args.out, teacher, device=args.device, resume=not args.no_resume,
+                                progress=not args.json)  # fmt: skip
+    metrics = trainer.fit()
+    if trainer.env.is_main:
+        print(json.dumps(metrics) if args.json else f"done: step {trainer.step}, {metrics}")
 
 
 def cmd_cache(args) -> None:
@@ -397,6 +422,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="no progress bar; print the final metrics as JSON")
     t.set_defaults(func=cmd_train)
 
+    di = sub.add_parser("distill", help="post-training: distil a teacher into a faster tier")
+    dsub2 = di.add_subparsers(dest="method", required=True)
+    gd = dsub2.add_parser("guidance", help="guidance distillation ([dev]): one pass per step instead of two")
+    gd.add_argument("--teacher", required=True, help="the teacher checkpoint (a true-CFG model)")
+    gd.add_argument("--recipe", default="shapes-dev", help="training recipe (data, steps, lr, guidance range)")
+    gd.add_argument("--out", required=True, help="run directory (resumes from it)")
+    gd.add_argument("--guidance-range", type=float, nargs=2, metavar=("MIN", "MAX"), help="override: scales drawn")
+    gd.add_argument("--steps", type=int, help="override: optimizer steps")
+    gd.add_argument("--batch-size", type=int, help="override: global batch size")
+    gd.add_argument("--lr", type=float, help="override: peak learning rate")
+    gd.add_argument("--cooldown", type=int, help="override: linear decay to 0 over the last N steps")
+    _data_args(gd)
+    gd.add_argument("--no-resume", action="store_true", help="start over even if the run directory has a state")
+    gd.add_argument("--device", default="cpu", help="cpu or cuda")
+    gd.add_argument("--json", action="store_true", help="no progress bar; print the final metrics as JSON")
+    gd.set_defaults(func=cmd_distill)
+
     c = sub.add_parser("cache", help="pre-encode a data source into latent shards (resumable) for training")
     c.add_argument("--recipe", default="tiny-shapes", help="the recipe whose model, size and buckets to cache for")
     c.add_argument("--out", required=True, help="cache directory (resumes an interrupted build)")
@@ -499,9 +541,12 @@ def _generation_args(g) -> None:
     g.add_argument("--t5", help="local T5 encoder directory (FLUX.1 models)")
     g.add_argument("--clip", help="local CLIP text model directory (FLUX.1 models)")
     g.add_argument("--seed", type=int, default=0, help="noise seed (image i uses seed + i)")
-    g.add_argument("--steps", type=int, default=28, help="solver steps")
-    g.add_argument("--guidance", type=float, default=3.5,
-                   help="guidance scale: embedded for guidance-distilled models, true CFG otherwise (1 = off)")
+    g.add_argument("--tier", choices=["pro", "dev", "schnell"], help="a tier of the model (its checkpoint, steps, guidance)")
+    g.add_argument("--tiers", help="tier manifest (default: tiers.json next to the shipped model)")
+    g.add_argument("--steps", type=int, help="solver steps (default: the tier's, else 28)")
+    g.add_argument("--guidance", type=float,
+                   help="guidance scale: embedded for guidance-distilled models, true CFG otherwise (1 = off; "
+                   "default: the tier's, else 3.5)")
     g.add_argument("--solver", choices=list(SOLVERS), default="euler", help="ODE solver")
     g.add_argument("--size", type=int, help="square image side (default: the model's training resolution)")
     g.add_argument("--height", type=int, help="image height (overrides --size)")

@@ -181,6 +181,8 @@ class TrainConfig:
     random_crop: bool = True  # random crops (recorded as micro-conditioning); else centred
     tombstones: str = ""  # deletion list honoured by every source ("" = the default list)
     t2i_ratio: float = 0.2  # edit-pair data: share of plain text-to-image batches (context dropped)
+    guidance_min: float = 1.0  # guidance distillation: scales drawn uniformly from [min, max]
+    guidance_max: float = 5.0
     image_size: int = 64  # training resolution (square); a multiple of the model's stride
     steps: int = 1000  # optimizer steps
     batch_size: int = 32  # global batch per optimizer step (over all ranks and accumulation steps)
@@ -236,6 +238,17 @@ def shapes_edit() -> TrainConfig:
                                sample_every=0)  # fmt: skip
 
 
+def shapes_dev() -> TrainConfig:
+    """Guidance distillation of the demo model into its `dev` tier (teacher: the shipped model)."""
+    return dataclasses.replace(shapes_demo(), steps=1500, lr=1e-4, warmup=50, cooldown=300, sample_every=0,
+                               guidance_min=1.0, guidance_max=5.0)  # fmt: skip
+
+
+def tiny_dev() -> TrainConfig:
+    """Guidance distillation at unit-test size."""
+    return dataclasses.replace(tiny_shapes(), steps=60, lr=2e-3, val_every=20, checkpoint_every=1000)
+
+
 def tiny_edits() -> TrainConfig:
     """Kontext training at unit-test size (`tiny-latent` on edit pairs at 16 px)."""
     return dataclasses.replace(tiny_shapes(), model=tiny_latent(), dataset="edits", dataset_size=0, steps=40,
@@ -258,7 +271,8 @@ def tiny_staged() -> list[tuple[str, TrainConfig]]:
 Recipe = TrainConfig | list[tuple[str, TrainConfig]]  # one stage, or named stages run in order
 RECIPES: dict[str, Callable[[], Recipe]] = {"tiny-shapes": tiny_shapes, "shapes-demo": shapes_demo,
                                             "tiny-buckets": tiny_buckets, "tiny-staged": tiny_staged,
-                                            "shapes-edit": shapes_edit, "tiny-edits": tiny_edits}  # fmt: skip
+                                            "shapes-edit": shapes_edit, "tiny-edits": tiny_edits,
+                                            "shapes-dev": shapes_dev, "tiny-dev": tiny_dev}  # fmt: skip
 
 
 def recipe_stages(name: str) -> list[tuple[str, TrainConfig]]:

@@ -53,14 +53,18 @@ def heun(velocity: Velocity, x: Tensor, timesteps: list[float]) -> Tensor:
 SOLVERS: dict[str, Solver] = {"euler": euler, "heun": heun}
 
 
+def cfg_combine(v_cond: Tensor, v_uncond: Tensor, scale: float | Tensor) -> Tensor:
+    """Classifier-free guidance: `v_u + s (v_c - v_u)` (also the guidance-distillation target)."""
+    return v_uncond + scale * (v_cond - v_uncond)
+
+
 def true_cfg(cond: Velocity, uncond: Velocity, scale: float) -> Velocity:
-    """Classifier-free guidance, two passes per step: `v_u + s (v_c - v_u)` (scale 1: no guidance)."""
+    """Classifier-free guidance, two passes per step (scale 1: no guidance, one pass)."""
     if scale == 1.0:
         return cond
 
     def guided(x: Tensor, t: float) -> Tensor:
-        v_u = uncond(x, t)
-        return v_u + scale * (cond(x, t) - v_u)
+        return cfg_combine(cond(x, t), uncond(x, t), scale)
 
     return guided
 

@@ -164,6 +164,7 @@ class Trainer:
         self.ema = EMA(self.params, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.autocast = torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         self.step = 0
+        self.validating = False
         self.buckets_seen: Counter = Counter()  # samples per bucket "HxW" trained on (this process)
         self.last_micro: list[float] = []
         if resume and (self.out / "train_state.pt").exists():
@@ -244,6 +245,7 @@ class Trainer:
         selection of their own samples.
         """
         k, total, count = self.cfg.val_timesteps, 0.0, 0
+        self.validating = True  # objectives with their own randomness (distillation) fix it while validating
         for j in range(-(-self.cfg.val_samples // self.val_batch)):
             b = self.encode(self.val_data.get(j, 0, self.val_batch))
             text = b.text([False] * len(b.prompts), None)
@@ -253,6 +255,7 @@ class Trainer:
                 t = torch.full((b.x0.shape[0],), (i + 0.5) / k, device=b.x0.device)
                 total += self.loss(b, text, noise, t).item() * b.x0.shape[0]
             count += b.x0.shape[0] * k
+        self.validating = False
         return total / count
 
     # ----- outputs ----------------------------------------------------------------------------
