@@ -226,6 +226,30 @@ def cmd_distill(args) -> None:
         print(json.dumps(metrics) if args.json else f"done: step {trainer.step}, {metrics}")
 
 
+def cmd_align(args) -> None:
+    from flowfactory.config import recipe
+    from flowfactory.pipeline import Pipeline
+    from flowfactory.train import preference
+
+    if args.method == "judge":
+        device, _ = _device_dtype(args)
+        pipe = Pipeline.from_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT).to(device)
+        stats = preference.judge_pairs(pipe, args.out, args.prompts, args.samples, args.steps, args.guidance,
+                                       args.seed, progress=not args.json)  # fmt: skip
+        print(json.dumps(stats) if args.json else f"{stats['pairs']} pairs from {stats['prompts']} prompts -> "
+              f"{args.out}/pairs.jsonl; pass rates {stats['pass_rate_by_task']}")  # fmt: skip
+        return
+    if not Path(args.pairs).is_file():
+        raise UserError(f"preference file {args.pairs} does not exist")
+    init = Pipeline.from_checkpoint(args.init or DEFAULT_CHECKPOINT)
+    cfg = dataclasses.replace(_train_config(args, recipe(args.recipe)), dataset=f"preferences:{args.pairs}")
+    trainer = preference.DPOTrainer(cfg, args.out, init, beta=args.beta, device=args.device, resume=not args.no_resume,
+                                    progress=not args.json)  # fmt: skip
+    metrics = trainer.fit()
+    if trainer.env.is_main:
+        print(json.dumps(metrics) if args.json else f"done: step {trainer.step}, {metrics}")
+
+
 def cmd_cache(args) -> None:
     from flowfactory.config import recipe
     from flowfactory.data.cache import build_cache
@@ -438,6 +462,35 @@ def build_parser() -> argparse.ArgumentParser:
     gd.add_argument("--device", default="cpu", help="cpu or cuda")
     gd.add_argument("--json", action="store_true", help="no progress bar; print the final metrics as JSON")
     gd.set_defaults(func=cmd_distill)
+
+    al = sub.add_parser("align", help="post-training: preference pairs and DPO")
+    asub = al.add_subparsers(dest="method", required=True)
+    aj = asub.add_parser("judge", help="pairs from the model's own samples, judged by the analyzer")
+    aj.add_argument("--checkpoint", help="model to sample (default: the shipped demo model)")
+    aj.add_argument("--out", required=True, help="directory for pairs.jsonl, images/ and judge.json")
+    aj.add_argument("--prompts", type=int, default=200, help="prompts (geneval grammar, never benchmark texts)")
+    aj.add_argument("--samples", type=int, default=4, help="samples per prompt")
+    aj.add_argument("--steps", type=int, default=20)
+    aj.add_argument("--guidance", type=float, default=3.0)
+    aj.add_argument("--seed", type=int, default=1)
+    aj.add_argument("--device", default="cpu")
+    aj.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU")
+    aj.add_argument("--json", action="store_true")
+    aj.set_defaults(func=cmd_align)
+    ad = asub.add_parser("dpo", help="Diffusion-DPO on preference pairs (JSONL: prompt, chosen, rejected, source)")
+    ad.add_argument("--pairs", required=True, help="preference JSONL (from align judge or feedback export)")
+    ad.add_argument("--init", help="policy to start from, also the frozen reference (default: the shipped model)")
+    ad.add_argument("--recipe", default="shapes-dpo", help="training recipe (size, batch, lr)")
+    ad.add_argument("--out", required=True, help="run directory (resumes from it)")
+    ad.add_argument("--beta", type=float, default=1000.0, help="DPO temperature on velocity errors")
+    ad.add_argument("--steps", type=int, help="override: optimizer steps")
+    ad.add_argument("--batch-size", type=int, help="override: pairs per step")
+    ad.add_argument("--lr", type=float, help="override: peak learning rate")
+    ad.add_argument("--tombstones", help="deletion list honoured when reading pairs")
+    ad.add_argument("--no-resume", action="store_true")
+    ad.add_argument("--device", default="cpu")
+    ad.add_argument("--json", action="store_true")
+    ad.set_defaults(func=cmd_align)
 
     c = sub.add_parser("cache", help="pre-encode a data source into latent shards (resumable) for training")
     c.add_argument("--recipe", default="tiny-shapes", help="the recipe whose model, size and buckets to cache for")

@@ -244,6 +244,12 @@ def shapes_dev() -> TrainConfig:
                                guidance_min=1.0, guidance_max=5.0)  # fmt: skip
 
 
+def shapes_dpo() -> TrainConfig:
+    """DPO of the demo model on analyzer-judged pairs (`align judge`, then `align dpo`)."""
+    return dataclasses.replace(shapes_demo(), steps=300, batch_size=16, lr=2e-5, warmup=20, ema_decay=0.0,
+                               sample_every=0, val_every=0, checkpoint_every=100)  # fmt: skip
+
+
 def tiny_dev() -> TrainConfig:
     """Guidance distillation at unit-test size."""
     return dataclasses.replace(tiny_shapes(), steps=60, lr=2e-3, val_every=20, checkpoint_every=1000)
@@ -272,7 +278,7 @@ Recipe = TrainConfig | list[tuple[str, TrainConfig]]  # one stage, or named stag
 RECIPES: dict[str, Callable[[], Recipe]] = {"tiny-shapes": tiny_shapes, "shapes-demo": shapes_demo,
                                             "tiny-buckets": tiny_buckets, "tiny-staged": tiny_staged,
                                             "shapes-edit": shapes_edit, "tiny-edits": tiny_edits,
-                                            "shapes-dev": shapes_dev, "tiny-dev": tiny_dev}  # fmt: skip
+                                            "shapes-dev": shapes_dev, "tiny-dev": tiny_dev, "shapes-dpo": shapes_dpo}  # fmt: skip
 
 
 def recipe_stages(name: str) -> list[tuple[str, TrainConfig]]:

@@ -47,6 +47,7 @@ class Sample:
     pooled: torch.Tensor | None = None  # [D]
     hash: str = ""  # SHA-256 of the source file's bytes (for tombstones)
     context: list[torch.Tensor] | None = None  # Kontext: context images [3, H, W] (source, then references)
+    rejected: torch.Tensor | None = None  # preference pairs: the rejected image (the chosen one is `image`)
 
 
 @dataclass
@@ -268,7 +269,8 @@ def _sidecar_caption(path: Path) -> str:
 
 class PreferenceSource(ImageFolder):
     """A preference export (JSONL: prompt, chosen, rejected, source; paths relative to the file):
-    trains on the chosen image of each pair."""
+    `image` is the chosen image, `rejected` the other one, resized and cropped the same way
+    (text-to-image training uses the chosen images; DPO both)."""
 
     def __init__(self, path: str | Path, opts: DataOptions):
         _Decoded.__init__(self, opts)
@@ -276,16 +278,36 @@ class PreferenceSource(ImageFolder):
         if not path.is_file():
             raise UserError(f"preference file {path} does not exist")
         self.root = path.parent
-        entries = []
+        entries, rejected = [], {}
         for n, line in enumerate(path.read_text().splitlines(), 1):
             try:
                 rec = json.loads(line)
                 entries.append((self.root / rec["chosen"], str(rec.get("prompt", ""))))
+                rejected[self.root / rec["chosen"]] = self.root / rec["rejected"]
             except (json.JSONDecodeError, KeyError, TypeError):
                 _warn_skip(self.skipped, f"{path}:{n}", "not a preference record")
         self._index(entries)
+        self.rejected = [rejected[f] for f in self.files]
         if not self.files:
             raise UserError(f"no usable pairs in {path}")
+
+    def sample(self, i: int) -> Sample | None:
+        s = super().sample(i)
+        if s is None:
+            return None
+        try:
+            data = self.rejected[i].read_bytes()
+        except OSError as e:
+            _warn_skip(self.skipped, str(self.rejected[i]), f"cannot read ({e})")
+            return None
+        other = self.make_sample(data, s.caption, s.key + "#rejected", i)
+        if other is None:
+            return None
+        if other.image.shape != s.image.shape:
+            other.image = torch.nn.functional.interpolate(other.image[None], size=s.image.shape[1:], mode="bicubic",
+                                                          align_corners=False)[0].clamp(-1, 1)  # fmt: skip
+        s.rejected = other.image
+        return s
 
 
 class WebDatasetSource(_Decoded):

@@ -71,6 +71,7 @@ class Batch:
     txt: Tensor | None = None  # cached text embeddings [B, L, D] and pooled [B, D]
     pooled: Tensor | None = None
     cond: Conditioning | None = None  # Kontext context tokens (never noised)
+    x0_rejected: Tensor | None = None  # preference pairs: the rejected image's packed latents
 
     def text(self, dropped: list[bool], empty: tuple[Tensor, Tensor] | None) -> list[str] | tuple[Tensor, Tensor]:
         """Prompts (or cached embeddings) with the dropped ones emptied, for CFG training."""
