@@ -161,7 +161,8 @@ def cmd_fill(args) -> None:
 def _train_config(args, cfg):
     """A recipe's config with the command line's overrides (shared by train and cache)."""
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "cooldown", "precision", "parallel",
-                                              "grad_accum", "image_size", "seed", "tombstones")
+                                              "grad_accum", "image_size", "seed", "tombstones", "lora_rank",
+                                              "lora_targets")
                  if getattr(args, k, None) is not None}  # fmt: skip
     if getattr(args, "data", None):
         overrides["dataset"] = args.data
@@ -210,17 +211,23 @@ def cmd_train(args) -> None:
 def cmd_distill(args) -> None:
     from flowfactory.config import recipe
     from flowfactory.pipeline import Pipeline
-    from flowfactory.train.distill import GuidanceDistiller
+    from flowfactory.train.distill import GuidanceDistiller, LADDTrainer
 
     teacher = Pipeline.from_checkpoint(args.teacher)
     cfg = _train_config(args, recipe(args.recipe))
-    if args.guidance_range:
+    if getattr(args, "guidance_range", None):
         lo, hi = args.guidance_range
         if not 0 < lo <= hi:
             raise UserError(f"--guidance-range needs 0 < MIN <= MAX, got {lo} {hi}")
         cfg = dataclasses.replace(cfg, guidance_min=lo, guidance_max=hi)
-    trainer = GuidanceDistiller(cfg, args.out, teacher, device=args.device, resume=not args.no_resume,
-                                progress=not args.json)  # fmt: skip
+    if args.method == "ladd":
+        if teacher.cfg.micro_cond or teacher.cfg.channel_cond:
+            raise UserError(f"LADD distils plain text-to-image models; '{teacher.cfg.name}' takes image conditioning")
+        trainer = LADDTrainer(cfg, args.out, teacher, device=args.device, resume=not args.no_resume,
+                              progress=not args.json)  # fmt: skip
+    else:
+        trainer = GuidanceDistiller(cfg, args.out, teacher, device=args.device, resume=not args.no_resume,
+                                    progress=not args.json)  # fmt: skip
     metrics = trainer.fit()
     if trainer.env.is_main:
         print(json.dumps(metrics) if args.json else f"done: step {trainer.step}, {metrics}")
@@ -441,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     t.add_argument("--seed", type=int, help="override: seed of data, noise and initialisation")
     _data_args(t)
+    _lora_args(t)
     t.add_argument("--no-resume", action="store_true", help="start over even if the run directory has a state")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--json", action="store_true", help="no progress bar; print the final metrics as JSON")
@@ -458,10 +466,25 @@ def build_parser() -> argparse.ArgumentParser:
     gd.add_argument("--lr", type=float, help="override: peak learning rate")
     gd.add_argument("--cooldown", type=int, help="override: linear decay to 0 over the last N steps")
     _data_args(gd)
+    _lora_args(gd)
     gd.add_argument("--no-resume", action="store_true", help="start over even if the run directory has a state")
     gd.add_argument("--device", default="cpu", help="cpu or cuda")
     gd.add_argument("--json", action="store_true", help="no progress bar; print the final metrics as JSON")
     gd.set_defaults(func=cmd_distill)
+    la = dsub2.add_parser("ladd", help="latent adversarial diffusion distillation ([schnell]): 1-4 steps")
+    la.add_argument("--teacher", required=True, help="the teacher checkpoint")
+    la.add_argument("--recipe", default="shapes-schnell", help="training recipe (data, steps, teacher sampling)")
+    la.add_argument("--out", required=True, help="run directory (resumes from it)")
+    la.add_argument("--steps", type=int, help="override: optimizer steps")
+    la.add_argument("--batch-size", type=int, help="override: global batch size")
+    la.add_argument("--lr", type=float, help="override: peak learning rate")
+    la.add_argument("--cooldown", type=int, help="override: linear decay to 0 over the last N steps")
+    _data_args(la)
+    _lora_args(la)
+    la.add_argument("--no-resume", action="store_true", help="start over even if the run directory has a state")
+    la.add_argument("--device", default="cpu", help="cpu or cuda")
+    la.add_argument("--json", action="store_true", help="no progress bar; print the final metrics as JSON")
+    la.set_defaults(func=cmd_distill)
 
     al = sub.add_parser("align", help="post-training: preference pairs and DPO")
     asub = al.add_subparsers(dest="method", required=True)
@@ -487,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--batch-size", type=int, help="override: pairs per step")
     ad.add_argument("--lr", type=float, help="override: peak learning rate")
     ad.add_argument("--tombstones", help="deletion list honoured when reading pairs")
+    _lora_args(ad)
     ad.add_argument("--no-resume", action="store_true")
     ad.add_argument("--device", default="cpu")
     ad.add_argument("--json", action="store_true")
@@ -609,6 +633,11 @@ def _generation_args(g) -> None:
     g.add_argument("--bf16", action="store_true",
                    help="bf16 autocast on the CPU too (only CPUs with AVX512-BF16 or AMX run it fast)")
     g.add_argument("--json", action="store_true", help="print a JSON record (prompt, seed, steps, guidance, timings)")
+
+
+def _lora_args(p) -> None:
+    p.add_argument("--lora-rank", type=int, help="train LoRA adapters of this rank on the frozen transformer")
+    p.add_argument("--lora-targets", help="adapted layers: attention, all-linear, or a regex of layer names")
 
 
 def _data_args(p) -> None:

@@ -44,6 +44,7 @@ class ModelConfig:
     channel_cond: str = ""  # "": noisy tokens only; "fill": + masked-image latents + mask; "control": + control latents
     context_offset: int = 1  # RoPE index step between context images (FLUX.1 Kontext 1, FLUX.2 10)
     max_refs: int = 4  # most context images one call may give
+    schedule_shift: bool = True  # sample with the resolution-shifted schedule (few-step students: off)
 
     def __post_init__(self):
         ch = self.latent_channels * self.patch**2
@@ -83,7 +84,8 @@ def flux1_dev() -> ModelConfig:
 def flux1_schnell() -> ModelConfig:
     cfg = flux1_dev()
     return dataclasses.replace(
-        cfg, name="flux1-schnell", flux=dataclasses.replace(cfg.flux, guidance_embed=False), text=DualTextParams(max_len=256)
+        cfg, name="flux1-schnell", flux=dataclasses.replace(cfg.flux, guidance_embed=False), text=DualTextParams(max_len=256),
+        schedule_shift=False,
     )
 
 
@@ -183,6 +185,12 @@ class TrainConfig:
     t2i_ratio: float = 0.2  # edit-pair data: share of plain text-to-image batches (context dropped)
     guidance_min: float = 1.0  # guidance distillation: scales drawn uniformly from [min, max]
     guidance_max: float = 5.0
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank on a frozen transformer
+    lora_alpha: float = 0.0  # adapter scale alpha / rank (0: alpha = rank)
+    lora_targets: str = "attention"  # "attention", "all-linear" or a regex of linear-layer names
+    teacher_steps: int = 16  # LADD: solver steps of the teacher's samples (the "real" latents)
+    teacher_guidance: float = 3.0  # LADD: the teacher's guidance scale for them
+    ladd_d_skip: float = 0.95  # LADD: skip the discriminator update while its batch accuracy is at least this
     image_size: int = 64  # training resolution (square); a multiple of the model's stride
     steps: int = 1000  # optimizer steps
     batch_size: int = 32  # global batch per optimizer step (over all ranks and accumulation steps)
@@ -255,6 +263,18 @@ def tiny_dev() -> TrainConfig:
     return dataclasses.replace(tiny_shapes(), steps=60, lr=2e-3, val_every=20, checkpoint_every=1000)
 
 
+def shapes_schnell() -> TrainConfig:
+    """LADD of the demo model into its 1-4 step `schnell` tier (teacher: the shipped model)."""
+    return dataclasses.replace(shapes_demo(), steps=1000, batch_size=16, lr=2e-5, warmup=20, cooldown=200,
+                               sample_every=0, val_every=250, val_samples=32, teacher_steps=16)  # fmt: skip
+
+
+def tiny_schnell() -> TrainConfig:
+    """LADD at unit-test size."""
+    return dataclasses.replace(tiny_shapes(), steps=6, batch_size=4, lr=1e-3, val_every=0, teacher_steps=2,
+                               checkpoint_every=1000)  # fmt: skip
+
+
 def tiny_edits() -> TrainConfig:
     """Kontext training at unit-test size (`tiny-latent` on edit pairs at 16 px)."""
     return dataclasses.replace(tiny_shapes(), model=tiny_latent(), dataset="edits", dataset_size=0, steps=40,
@@ -278,7 +298,8 @@ Recipe = TrainConfig | list[tuple[str, TrainConfig]]  # one stage, or named stag
 RECIPES: dict[str, Callable[[], Recipe]] = {"tiny-shapes": tiny_shapes, "shapes-demo": shapes_demo,
                                             "tiny-buckets": tiny_buckets, "tiny-staged": tiny_staged,
                                             "shapes-edit": shapes_edit, "tiny-edits": tiny_edits,
-                                            "shapes-dev": shapes_dev, "tiny-dev": tiny_dev, "shapes-dpo": shapes_dpo}  # fmt: skip
+                                            "shapes-dev": shapes_dev, "tiny-dev": tiny_dev, "shapes-dpo": shapes_dpo,
+                                            "shapes-schnell": shapes_schnell, "tiny-schnell": tiny_schnell}  # fmt: skip
 
 
 def recipe_stages(name: str) -> list[tuple[str, TrainConfig]]:

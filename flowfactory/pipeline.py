@@ -176,13 +176,14 @@ class Pipeline(nn.Module):
 
     # ----- generation ----------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts: list[str], height: int, width: int, steps: int = 28, guidance: float = 3.5,
-                 seed: int = 0, solver: str = "euler", shift: bool = True, autocast: torch.dtype | None = None,
-                 cond: Conditioning | None = None) -> tuple[Tensor, dict[str, float]]:  # fmt: skip
-        """Prompts -> images in [-1, 1] `[B, 3, H, W]` and timings.
+    def sample_tokens(self, prompts: list[str], height: int, width: int, steps: int = 28, guidance: float = 3.5,
+                      seed: int = 0, solver: str = "euler", shift: bool | None = None,
+                      cond: Conditioning | None = None, timings: dict | None = None) -> Tensor:  # fmt: skip
+        """Prompts -> packed clean latents `[B, L, C]` (the ODE solved from seeded noise).
 
         Guidance-embedding models take `guidance` in one pass per step; others use true CFG
         (two passes per step; `guidance` 1 turns it off). Image i uses seed `seed + i`.
+        `shift` defaults to the model's `schedule_shift` (off for few-step students).
         """
         if any(not p.strip() for p in prompts):
             raise UserError("empty prompt: describe the image to generate")
@@ -194,29 +195,38 @@ class Pipeline(nn.Module):
         if self.cfg.channel_cond and (cond is None or cond.channels is None):
             need = "a mask and an image" if self.cfg.channel_cond == "fill" else "a control image"
             raise UserError(f"model '{self.cfg.name}' needs {need}")
+        timings = {} if timings is None else timings
         device = next(self.transformer.parameters()).device
-        ds = self.cfg.ae.downsample if self.cfg.ae else 1
-        lh, lw = height // ds, width // ds
+        lh, lw = height // self.cfg.downsample, width // self.cfg.downsample
         h, w = lh // self.cfg.patch, lw // self.cfg.patch
+        t0 = time.perf_counter()
+        txt, pooled = self.encode_text(prompts)
+        pooled = with_micro(pooled, inference_micro(len(prompts), height, width), self.cfg.micro_cond)
+        embedded = self.cfg.flux.guidance_embed
+        velocity = self.velocity(txt, pooled, h, w, guidance if embedded else None, cond)
+        if not embedded and guidance != 1.0:
+            txt_u, pooled_u = self.encode_text([""] * len(prompts))
+            pooled_u = with_micro(pooled_u, inference_micro(len(prompts), height, width), self.cfg.micro_cond)
+            velocity = true_cfg(velocity, self.velocity(txt_u, pooled_u, h, w, cond=cond), guidance)
+        noise = torch.cat([noise_like((1, self.cfg.latent_channels, lh, lw), seed + i) for i in range(len(prompts))])
+        timings["text_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        shift = self.cfg.schedule_shift if shift is None else shift
+        x = SOLVERS[solver](velocity, pack(noise.to(device), self.cfg.patch), get_schedule(steps, h * w, shift=shift))
+        timings["denoise_s"] = time.perf_counter() - t0
+        return x
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], height: int, width: int, steps: int = 28, guidance: float = 3.5,
+                 seed: int = 0, solver: str = "euler", shift: bool | None = None, autocast: torch.dtype | None = None,
+                 cond: Conditioning | None = None) -> tuple[Tensor, dict[str, float]]:  # fmt: skip
+        """Prompts -> images in [-1, 1] `[B, 3, H, W]` and timings (see `sample_tokens`)."""
+        device = next(self.transformer.parameters()).device
         timings: dict[str, float] = {}
         with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            x = self.sample_tokens(prompts, height, width, steps, guidance, seed, solver, shift, cond, timings)
             t0 = time.perf_counter()
-            txt, pooled = self.encode_text(prompts)
-            pooled = with_micro(pooled, inference_micro(len(prompts), height, width), self.cfg.micro_cond)
-            embedded = self.cfg.flux.guidance_embed
-            velocity = self.velocity(txt, pooled, h, w, guidance if embedded else None, cond)
-            if not embedded and guidance != 1.0:
-                txt_u, pooled_u = self.encode_text([""] * len(prompts))
-                pooled_u = with_micro(pooled_u, inference_micro(len(prompts), height, width), self.cfg.micro_cond)
-                velocity = true_cfg(velocity, self.velocity(txt_u, pooled_u, h, w, cond=cond), guidance)
-            noise = torch.cat(
-                [noise_like((1, self.cfg.latent_channels, lh, lw), seed + i) for i in range(len(prompts))]
-            ).to(device)
-            timings["text_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            x = SOLVERS[solver](velocity, pack(noise, self.cfg.patch), get_schedule(steps, h * w, shift=shift))
-            timings["denoise_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
+            h, w = height // self.cfg.stride, width // self.cfg.stride
             images = self.decode_latents(unpack(x.float(), h, w, self.cfg.patch).to(x.dtype))
             timings["decode_s"] = time.perf_counter() - t0
         return images.float().clamp(-1, 1), timings

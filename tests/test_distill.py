@@ -51,3 +51,23 @@ def test_student_starts_as_the_teacher_conditional_and_learns_the_guided_target(
     assert out.cfg.flux.guidance_embed
     images, _ = out.generate(["a red circle"], 16, 16, steps=2, guidance=3.0)  # one pass per step
     assert images.shape == (1, 3, 16, 16)
+
+
+def test_ladd_discriminator_learns_teacher_frozen_student_moves(tmp_path):
+    from flowfactory.train.distill import LADDTrainer
+
+    tea = teacher()
+    before = {k: v.clone() for k, v in tea.state_dict().items()}
+    tr = LADDTrainer(recipe("tiny-schnell"), tmp_path, tea, progress=False)
+    student0 = {k: v.clone() for k, v in tr.pipe.transformer.state_dict().items()}
+    m = tr.train_step()
+    assert {"d_loss", "g_loss", "d_real", "d_fake", "d_accuracy"} <= set(m)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tr.disc.parameters() if p.ndim > 1)
+    assert any(not torch.equal(v, tr.pipe.transformer.state_dict()[k]) for k, v in student0.items())
+    tr.fit()
+    assert all(torch.equal(v, tea.state_dict()[k]) for k, v in before.items())  # the teacher stays frozen
+    out = Pipeline.from_checkpoint(tmp_path / "checkpoints" / "step_0000006.safetensors")
+    assert out.cfg.schedule_shift is False  # few-step students sample on the plain schedule
+    for steps in (1, 2, 4):
+        images, _ = out.generate(["a red circle"], 16, 16, steps=steps, guidance=1.0)
+        assert images.shape == (1, 3, 16, 16)

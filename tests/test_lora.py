@@ -99,3 +99,33 @@ def test_control_lora_widens_img_in_without_changing_the_base_output(tmp_path):
     widen_img_in(other, 2 * m.params.in_channels)
     load_lora(other, tmp_path / "control.safetensors", "tiny", base_fp)
     assert torch.equal(run(other, inp2), run(m, inp2))
+
+
+def test_lora_training_keeps_the_base_frozen_and_exports_both_files(tmp_path):
+    import dataclasses
+
+    from flowfactory.checkpoint import load_checkpoint
+    from flowfactory.config import recipe
+    from flowfactory.pipeline import Pipeline
+    from flowfactory.train.trainer import Trainer
+
+    cfg = dataclasses.replace(recipe("tiny-shapes"), steps=20, lora_rank=4, val_every=0, train_text_encoder=False)
+    init = Pipeline.from_config(cfg.model)
+    randomize_(init.transformer, std=0.1)
+    base = {k: v.clone() for k, v in init.transformer.state_dict().items()}
+    tr = Trainer(cfg, tmp_path, progress=False, init=init)
+    n_train = sum(p.numel() for p in tr.params)
+    n_total = sum(p.numel() for p in init.transformer.parameters())
+    assert 0 < n_train < 0.5 * n_total
+    tr.fit()
+    now = {k: v for k, v in init.transformer.state_dict().items() if "lora_" not in k}
+    assert all(torch.equal(now[k], v) for k, v in base.items())  # base untouched
+    _, comps = load_checkpoint(tmp_path / "checkpoints" / "step_0000020.safetensors")
+    assert not any("lora_" in k for k in comps["transformer"])  # the merged export loads as a plain model
+    assert any(not torch.equal(comps["transformer"][k], base[k]) for k in base)
+    merged = Pipeline.from_checkpoint(tmp_path / "checkpoints" / "step_0000020.safetensors")
+    other = Flux(init.transformer.params)
+    other.load_state_dict(base)
+    load_lora(other, tmp_path / "checkpoints" / "lora_step_0000020.safetensors", "tiny")
+    inp = flux_inputs(other.params, 1, 4, 4, 5)
+    assert torch.allclose(run(other, inp), run(merged.transformer, inp), atol=1e-5)

@@ -23,7 +23,7 @@ from flowfactory.flow.sampling import cfg_combine
 from flowfactory.models.flux import Flux
 from flowfactory.models.layers import MLPEmbedder
 from flowfactory.pipeline import Pipeline, image_ids, text_ids
-from flowfactory.train.trainer import Batch, Trainer
+from flowfactory.train.trainer import Batch, Trainer, lr_at
 
 
 def guidance_student(teacher: Pipeline) -> Pipeline:
@@ -84,3 +84,160 @@ class GuidanceDistiller(Trainer):
         with self.autocast:
             pred = self.model(x_t, ids, text, t, g, b.micro, b.cond)
         return (pred.float() - target).square().mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# LADD ([schnell]): latent adversarial diffusion distillation (arXiv 2403.12015)
+
+STUDENT_TIMESTEPS = (1.0, 0.75, 0.5, 0.25)  # the 4-step schedule (2 steps: 1, 0.5; 1 step: 1)
+
+
+class DiscriminatorHead(nn.Module):
+    """Token features `[B, L, D]` -> a score per sample, modulated by the condition vector."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
+        self.mod = nn.Linear(dim, 2 * dim)
+        self.net = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 1))
+
+    def forward(self, f: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.mod(c)[:, None].chunk(2, dim=-1)
+        return self.net(self.norm(f) * (1 + scale) + shift).mean(dim=(1, 2))
+
+
+class Discriminator(nn.Module):
+    """Heads on the frozen teacher's image-token features at several blocks, conditioned on the
+    re-noising level t_hat and the pooled text; the score is the sum over heads."""
+
+    def __init__(self, hidden: int, pooled_dim: int, n_heads: int):
+        super().__init__()
+        self.t_in = nn.Linear(256, hidden)
+        self.y_in = nn.Linear(pooled_dim, hidden)
+        self.heads = nn.ModuleList(DiscriminatorHead(hidden) for _ in range(n_heads))
+
+    def forward(self, feats: list[Tensor], t_hat: Tensor, pooled: Tensor) -> Tensor:
+        from flowfactory.models.layers import timestep_embedding
+
+        c = nn.functional.silu(self.t_in(timestep_embedding(t_hat, 256)) + self.y_in(pooled))
+        return sum(head(f, c) for head, f in zip(self.heads, feats))
+
+
+def feature_blocks(flux: Flux) -> list[nn.Module]:
+    """The teacher blocks whose image tokens the discriminator reads: every double block and
+    every other single block."""
+    return [*flux.double_blocks, *list(flux.single_blocks)[1::2]]
+
+
+def teacher_features(teacher: Pipeline, x_t: Tensor, ids: Tensor, txt: Tensor, pooled: Tensor, t: Tensor) -> list[Tensor]:
+    """Image-token features of the frozen teacher at `feature_blocks` (gradients flow to `x_t`)."""
+    feats: list[Tensor] = []
+    n_txt = txt.shape[1]
+
+    def grab(module, args, out):
+        feats.append(out[0] if isinstance(out, tuple) else out[:, n_txt:])
+
+    handles = [b.register_forward_hook(grab) for b in feature_blocks(teacher.transformer)]
+    try:
+        g = torch.ones(x_t.shape[0], device=x_t.device) if teacher.cfg.flux.guidance_embed else None
+        teacher.transformer(x_t, ids, txt, text_ids(txt), t, pooled, g)
+    finally:
+        for h in handles:
+            h.remove()
+    return feats
+
+
+class LADDTrainer(Trainer):
+    """Student (a copy of the teacher) trained adversarially on teacher-generated latents."""
+
+    def __init__(self, cfg: TrainConfig, out_dir, teacher: Pipeline, device: str = "cpu", resume: bool = True,
+                 progress: bool = True):  # fmt: skip
+        if teacher.cfg.micro_cond or teacher.cfg.channel_cond:
+            raise ValueError("LADD takes plain text-to-image models")
+        if cfg.grad_accum != 1:
+            raise ValueError("LADD takes one micro-batch per step (grad_accum 1)")
+        model = dataclasses.replace(teacher.cfg, schedule_shift=False)
+        cfg = dataclasses.replace(cfg, model=model, text_dropout=0.0, train_text_encoder=False)
+        self.teacher = teacher.eval().requires_grad_(False)
+        student = copy.deepcopy(teacher)
+        student.cfg = model
+        super().__init__(cfg, out_dir, device, resume, progress, init=student)
+        self.teacher.to(self.env.device)
+        flux_p = teacher.cfg.flux
+        self.disc = Discriminator(flux_p.hidden_size, flux_p.vec_in_dim, len(feature_blocks(teacher.transformer)))
+        self.disc.to(self.env.device)
+        self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=cfg.lr, betas=(0.0, 0.99))
+        self.d_skipped = 0
+        self._val_x0: dict[tuple[str, ...], Tensor] = {}
+
+    def teacher_latents(self, prompts: list[str], step: int, lo: int) -> Tensor:
+        """Teacher samples for the prompts (the "real" data), seeded by global position."""
+        size = self.cfg.image_size
+        return self.teacher.sample_tokens(prompts, size, size, steps=self.cfg.teacher_steps,
+                                          guidance=self.cfg.teacher_guidance,
+                                          seed=self.cfg.seed * 1_000_003 + step * self.cfg.batch_size + lo)  # fmt: skip
+
+    def train_step(self) -> dict[str, float]:
+        cfg, dev = self.cfg, self.env.device
+        for group in [*self.opt.param_groups, *self.opt_d.param_groups]:
+            group["lr"] = lr_at(self.step, cfg)
+        lo = self.env.rank * self.micro
+        prompts = [s.caption for s in self.data.get(self.step, lo, lo + self.micro)]
+        x0 = self.teacher_latents(prompts, self.step, lo).float()
+        n, side = x0.shape[0], cfg.image_size // cfg.model.stride
+        ids = image_ids(n, side, side, device=dev)
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
+        t = torch.tensor(STUDENT_TIMESTEPS)[torch.randint(len(STUDENT_TIMESTEPS), (n,), generator=g)].to(dev)
+        t_hat = torch.sigmoid(1.0 + torch.randn(n, generator=g)).to(dev)  # logit-normal(1, 1)
+        noise, n_fake, n_real = (torch.randn(x0.shape, generator=g).to(dev) for _ in range(3))
+        with torch.no_grad():
+            txt, pooled = self.teacher.encode_text(prompts)
+        x_t = interpolate(x0, noise, t)
+        with self.autocast:
+            v = self.model(x_t, ids, prompts, t, torch.ones(n, device=dev) if cfg.model.flux.guidance_embed else None)
+        x0_hat = x_t - t[:, None, None] * v.float()
+        real = interpolate(x0, n_real, t_hat)
+        fake = interpolate(x0_hat, n_fake, t_hat)
+
+        # discriminator: hinge loss on detached inputs; skipped while it already wins (collapse guard)
+        d_real = self.disc(teacher_features(self.teacher, real, ids, txt, pooled, t_hat), t_hat, pooled)
+        d_fake = self.disc(teacher_features(self.teacher, fake.detach(), ids, txt, pooled, t_hat), t_hat, pooled)
+        d_loss = torch.relu(1 - d_real).mean() + torch.relu(1 + d_fake).mean()
+        d_acc = 0.5 * ((d_real > 0).float().mean() + (d_fake < 0).float().mean()).item()
+        self.opt_d.zero_grad(set_to_none=True)
+        if d_acc < cfg.ladd_d_skip:
+            d_loss.backward()
+            if self.env.world > 1:  # the heads are small: average their gradients by hand
+                for p in self.disc.parameters():
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= self.env.world
+            self.opt_d.step()
+        else:
+            self.d_skipped += 1
+
+        # generator: fool the discriminator through the frozen teacher's features
+        g_loss = -self.disc(teacher_features(self.teacher, fake, ids, txt, pooled, t_hat), t_hat, pooled).mean()
+        self.opt.zero_grad(set_to_none=True)
+        self.disc.requires_grad_(False)
+        g_loss.backward()
+        self.disc.requires_grad_(True)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        self.opt.step()
+        if self.ema:
+            self.ema.update()
+        self.step += 1
+        return {"loss": g_loss.item(), "g_loss": g_loss.item(), "d_loss": d_loss.item(), "d_real": d_real.mean().item(),
+                "d_fake": d_fake.mean().item(), "d_accuracy": d_acc, "d_skipped": self.d_skipped,
+                "grad_norm": float(grad_norm), "lr": lr_at(self.step - 1, cfg)}  # fmt: skip
+
+    def loss(self, b: Batch, text, noise: Tensor, t: Tensor) -> Tensor:
+        """Validation: the student's one-step error against teacher samples at the student timesteps."""
+        key = tuple(b.prompts)
+        if key not in self._val_x0:  # one set of teacher samples for the whole validation set
+            self._val_x0[key] = self.teacher_latents(b.prompts, 0, 0).float()
+        x0 = self._val_x0[key]
+        x_t = interpolate(x0, noise, t)
+        ids = image_ids(x0.shape[0], b.h, b.w, device=x0.device)
+        g = torch.ones(x0.shape[0], device=x0.device) if self.cfg.model.flux.guidance_embed else None
+        v = self.model(x_t, ids, text, t, g)
+        return (x_t - t[:, None, None] * v - x0).square().mean()

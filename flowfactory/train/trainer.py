@@ -32,6 +32,7 @@ from flowfactory.data.sources import Batches, DataOptions, Sample
 from flowfactory.errors import UserError
 from flowfactory.flow.objectives import drop_text, flux_mu, interpolate, rectified_flow_loss, sample_timesteps
 from flowfactory.images import save_grid
+from flowfactory.models.lora import apply_lora, merge_lora, save_lora, unmerge_lora
 from flowfactory.models.text import EmbeddedTextParams, PrecomputedText
 from flowfactory.pipeline import Pipeline, image_ids, pack, text_ids
 from flowfactory.train import distributed as D
@@ -139,6 +140,10 @@ class Trainer:
         self.pipe.to(self.env.device)
         if self.pipe.autoencoder is not None:
             self.pipe.autoencoder.requires_grad_(False).eval()
+        self.pipe.transformer.requires_grad_(True)  # (a copy of a frozen teacher comes frozen)
+        if cfg.lora_rank:  # adapters on a frozen base; the extra input columns of a widened img_in train in full
+            full = ("img_in.weight",) if cfg.model.channel_cond else ()
+            apply_lora(self.pipe.transformer, cfg.lora_rank, cfg.lora_alpha or None, cfg.lora_targets, full)
         trains_text = cfg.train_text_encoder and isinstance(cfg.model.text, EmbeddedTextParams)
         self.pipe.text_encoder.requires_grad_(trains_text)
 
@@ -279,7 +284,14 @@ class Trainer:
         """Write the model (EMA weights when EMA is on) as a standalone checkpoint."""
         path = self.out / "checkpoints" / f"step_{self.step:07d}.safetensors"
         with self.ema_weights():
-            sd = D.full_model_state(self.model)
+            if self.cfg.lora_rank:  # the adapters alone, and the model with them merged
+                if self.env.is_main:
+                    save_lora(self.pipe.transformer, path.with_name(f"lora_step_{self.step:07d}.safetensors"),
+                              self.cfg.model.name)  # fmt: skip
+                merge_lora(self.pipe.transformer)
+            sd = {k: v for k, v in D.full_model_state(self.model).items() if "lora_" not in k}
+            if self.cfg.lora_rank:
+                unmerge_lora(self.pipe.transformer)
         if self.env.is_main:
             comps = {"transformer": {k.removeprefix("transformer."): v for k, v in sd.items() if k.startswith("transformer.")}}
             if self.frozen_text_state is not None:
