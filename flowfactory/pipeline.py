@@ -178,11 +178,12 @@ class Pipeline(nn.Module):
     @torch.no_grad()
     def sample_tokens(self, prompts: list[str], height: int, width: int, steps: int = 28, guidance: float = 3.5,
                       seed: int = 0, solver: str = "euler", shift: bool | None = None,
-                      cond: Conditioning | None = None, timings: dict | None = None) -> Tensor:  # fmt: skip
+                      cond: Conditioning | None = None, timings: dict | None = None,
+                      seeds: list[int] | None = None) -> Tensor:  # fmt: skip
         """Prompts -> packed clean latents `[B, L, C]` (the ODE solved from seeded noise).
 
         Guidance-embedding models take `guidance` in one pass per step; others use true CFG
-        (two passes per step; `guidance` 1 turns it off). Image i uses seed `seed + i`.
+        (two passes per step; `guidance` 1 turns it off). Image i uses seed `seed + i`, or `seeds[i]`.
         `shift` defaults to the model's `schedule_shift` (off for few-step students).
         """
         if any(not p.strip() for p in prompts):
@@ -208,7 +209,8 @@ class Pipeline(nn.Module):
             txt_u, pooled_u = self.encode_text([""] * len(prompts))
             pooled_u = with_micro(pooled_u, inference_micro(len(prompts), height, width), self.cfg.micro_cond)
             velocity = true_cfg(velocity, self.velocity(txt_u, pooled_u, h, w, cond=cond), guidance)
-        noise = torch.cat([noise_like((1, self.cfg.latent_channels, lh, lw), seed + i) for i in range(len(prompts))])
+        seeds = seeds if seeds is not None else [seed + i for i in range(len(prompts))]
+        noise = torch.cat([noise_like((1, self.cfg.latent_channels, lh, lw), s) for s in seeds])
         timings["text_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         shift = self.cfg.schedule_shift if shift is None else shift
@@ -219,12 +221,12 @@ class Pipeline(nn.Module):
     @torch.no_grad()
     def generate(self, prompts: list[str], height: int, width: int, steps: int = 28, guidance: float = 3.5,
                  seed: int = 0, solver: str = "euler", shift: bool | None = None, autocast: torch.dtype | None = None,
-                 cond: Conditioning | None = None) -> tuple[Tensor, dict[str, float]]:  # fmt: skip
+                 cond: Conditioning | None = None, seeds: list[int] | None = None) -> tuple[Tensor, dict[str, float]]:  # fmt: skip
         """Prompts -> images in [-1, 1] `[B, 3, H, W]` and timings (see `sample_tokens`)."""
         device = next(self.transformer.parameters()).device
         timings: dict[str, float] = {}
         with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            x = self.sample_tokens(prompts, height, width, steps, guidance, seed, solver, shift, cond, timings)
+            x = self.sample_tokens(prompts, height, width, steps, guidance, seed, solver, shift, cond, timings, seeds)
             t0 = time.perf_counter()
             h, w = height // self.cfg.stride, width // self.cfg.stride
             images = self.decode_latents(unpack(x.float(), h, w, self.cfg.patch).to(x.dtype))

@@ -1,0 +1,141 @@
+"""The server as a process: the official `blackforest` client against it, a SIGKILL crash test,
+and a schema-driven fuzz run (schemathesis) that must find no 500."""
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, settings
+from PIL import Image
+
+from flowfactory.config import model_config
+from flowfactory.pipeline import Pipeline
+from flowfactory.serve.store import SQLiteJobStore
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    Pipeline.from_config(model_config("tiny")).save(d / "t2i.safetensors")
+    Pipeline.from_config(model_config("tiny-latent")).save(d / "edit.safetensors")
+    spec = {"t2i": {"pro": [str(d / "t2i.safetensors"), 20, 3.0]}, "edit": {"pro": [str(d / "edit.safetensors"), 4, 3.0]}}
+    (d / "models.json").write_text(json.dumps(spec))
+    return d / "models.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(data_dir, models, port, *extra):
+    cmd = [sys.executable, "-m", "flowfactory", "serve", "--port", str(port), "--dir", str(data_dir), "--models",
+           str(models), "--tombstones", str(data_dir / "tombstones.jsonl"), *extra]  # fmt: skip
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    for _ in range(300):
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
+                return proc
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(proc.stderr.read().decode()[-2000:])
+
+
+def new_key(data_dir) -> str:
+    return SQLiteJobStore(data_dir / "jobs.sqlite").create_key("test")[1]
+
+
+def png_b64(size=256):
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (40, 90, 230)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_official_blackforest_client_generates_and_edits(tmp_path, models):
+    from blackforest import BFLClient
+    from blackforest.types.general.client_config import ClientConfig
+
+    port = free_port()
+    proc = start(tmp_path, models, port)
+    try:
+        client = BFLClient(api_key=new_key(tmp_path), base_url=f"http://127.0.0.1:{port}")
+        cfg = ClientConfig(sync=True, polling_interval=0.1, max_retries=600)
+        for model, inputs in (("flux-dev", {"prompt": "a red circle", "width": 512, "height": 256}),
+                              ("flux-kontext-pro", {"prompt": "make it red", "input_image": png_b64()})):  # fmt: skip
+            res = client.generate(model, inputs, config=cfg)
+            img = Image.open(io.BytesIO(requests.get(res.result["sample"], timeout=10).content))
+            assert img.size == ((512, 256) if model == "flux-dev" else (256, 256))
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_sigkill_loses_no_accepted_job(tmp_path, models):
+    port = free_port()
+    proc = start(tmp_path, models, port, "--batch-size", "1")
+    key = new_key(tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    ids = [requests.post(f"{url}/v1/flux-pro", json={"prompt": f"a square {i}", "steps": 50, "width": 1440,
+                                                      "height": 1440}, headers={"X-Key": key}, timeout=10).json()["id"]
+           for i in range(24)]  # fmt: skip
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    states = [store.get(i).status for i in ids]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert "Pending" in states or "Running" in states  # the kill interrupted work in progress
+    proc = start(tmp_path, models, port)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            final = [requests.get(f"{url}/v1/get_result", params={"id": i}, headers={"X-Key": key}, timeout=10).json()
+                     for i in ids]  # fmt: skip
+            if all(r["status"] in ("Ready", "Error") for r in final):
+                break
+            time.sleep(0.2)
+        assert [r["status"] for r in final] == ["Ready"] * len(ids)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def fuzz_app(tmp_path_factory, models):
+    from flowfactory.serve.app import ServeConfig, create_app
+    from flowfactory.serve.worker import ModelSet
+
+    d = tmp_path_factory.mktemp("fuzz")
+    spec = json.loads(models.read_text())
+    app = create_app(ServeConfig(db=str(d / "jobs.sqlite"), results=str(d / "results"), rate_limit=10**6,
+                                 max_queue=10**6, tombstones=str(d / "t.jsonl")),
+                     ModelSet({k: {t: tuple(v) for t, v in tiers.items()} for k, tiers in spec.items()}),
+                     start_workers=False)  # fmt: skip
+    app.state.fuzz_key = app.state.store.create_key("fuzz")[1]
+    return app
+
+
+@pytest.fixture(scope="module")
+def api_schema(fuzz_app):
+    return schemathesis.openapi.from_asgi("/openapi.json", fuzz_app)
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+def test_fuzz_finds_no_server_error(case, fuzz_app):
+    for headers in ({"X-Key": fuzz_app.state.fuzz_key}, {}):
+        response = case.call(headers=headers)
+        assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:300])
