@@ -63,6 +63,10 @@ def _generate(args, default_ckpt: Path, prompt: str, condition=None, size_hint: 
     t0 = time.perf_counter()
     dirs = (args.t5, args.clip) if args.t5 or args.clip else None
     pipe = Pipeline.from_checkpoint(ckpt, model=args.model, text_encoder_dirs=dirs, autoencoder_path=args.autoencoder)
+    if args.lora:  # adapters onto the checkpoint's transformer (a clear error for another base)
+        from flowfactory.models.lora import load_lora
+
+        load_lora(pipe.transformer, args.lora, pipe.cfg.name)
     pipe.to(device)
     load_s = time.perf_counter() - t0
     size = args.size or pipe.cfg.resolution
@@ -699,6 +703,7 @@ def _generation_args(g) -> None:
     g.add_argument("--t5", help="local T5 encoder directory (FLUX.1 models)")
     g.add_argument("--clip", help="local CLIP text model directory (FLUX.1 models)")
     g.add_argument("--seed", type=int, default=0, help="noise seed (image i uses seed + i)")
+    g.add_argument("--lora", help="a LoRA file (from training with --lora-rank) to apply to the model")
     g.add_argument("--tier", choices=["pro", "dev", "schnell"], help="a tier of the model (its checkpoint, steps, guidance)")
     g.add_argument("--tiers", help="tier manifest (default: tiers.json next to the shipped model)")
     g.add_argument("--steps", type=int, help="solver steps (default: the tier's, else 28)")

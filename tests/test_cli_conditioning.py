@@ -77,3 +77,19 @@ def test_editbench_runs_a_kontext_checkpoint_with_multi_turn_identity(files):
     ident = summary["character_identity"]
     assert ident["chains"] == 2 and len(ident["identity_rate_per_turn"]) == 5
     assert (files / "eb" / "character-identity.json").exists()
+
+
+def test_lora_for_another_base_is_a_clear_error(files, tmp_path):
+    from flowfactory.models.lora import apply_lora, save_lora
+
+    other = Pipeline.from_config(model_config("tiny-control"))
+    apply_lora(other.transformer, rank=2)
+    save_lora(other.transformer, tmp_path / "control.safetensors", "tiny-control")
+    assert_one_line_error(*run("generate", "a circle", "--checkpoint", str(files / "tiny-latent.safetensors"),
+                               "--lora", str(tmp_path / "control.safetensors"))[::2], "trained for base 'tiny-control'")  # fmt: skip
+    base = Pipeline.from_config(model_config("tiny-latent"))
+    apply_lora(base.transformer, rank=2)
+    save_lora(base.transformer, tmp_path / "ok.safetensors", "tiny-latent")
+    rc, _, err = run("generate", "a circle", "--checkpoint", str(files / "tiny-latent.safetensors"), "--lora",
+                     str(tmp_path / "ok.safetensors"), "--steps", "1", "-o", str(tmp_path / "x.png"))  # fmt: skip
+    assert rc == 0, err
