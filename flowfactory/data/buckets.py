@@ -21,9 +21,9 @@ def make_buckets(side: int, stride: int, max_ratio: float = 2.0) -> list[tuple[i
         raise ValueError(f"bucket side {side} is not a multiple of the stride {stride}")
     area = side * side
     out = set()
-    for h in range(stride, int(side * math.sqrt(max_ratio)) + stride, stride):
-        w = max(stride, int(area / h) // stride * stride)  # largest width that keeps h*w <= area
-        if 1 / max_ratio <= h / w <= max_ratio:
+    for h in range(stride, side + 1, stride):  # landscape and square; portrait by mirroring
+        w = int(area / h) // stride * stride  # the largest width that keeps h * w <= area
+        if w / h <= max_ratio:
             out.add((h, w))
             out.add((w, h))
     return sorted(out, key=lambda hw: hw[0] / hw[1])
