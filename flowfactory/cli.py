@@ -198,6 +198,8 @@ def cmd_train(args) -> None:
         start = previous or (Path(args.init) if args.init else None)
         if start is not None:
             init = Pipeline.from_checkpoint(start)
+            if cfg.model.channel_cond and not init.cfg.channel_cond:  # a text-to-image model becomes fill / control
+                init = init.widened(cfg.model.channel_cond)
             if init.cfg.name != cfg.model.name:
                 raise UserError(f"recipe trains model '{cfg.model.name}' but {start} holds '{init.cfg.name}'")
         else:
@@ -449,6 +451,22 @@ def cmd_eval(args) -> None:
                                                                    guidance=args.guidance)  # fmt: skip
             Path(args.out, "character-identity.json").write_text(json.dumps(summary["character_identity"], indent=1))
         table = run.markdown_table({args.editor: summary}, tuple(run.editbench.CATEGORIES))
+    elif args.benchmark in ("fill", "control"):
+        from flowfactory.pipeline import Pipeline
+
+        device, _ = _device_dtype(args)
+        if not args.checkpoint:
+            raise UserError(f"eval {args.benchmark} needs --checkpoint (a {args.benchmark} model)")
+        pipe = Pipeline.from_checkpoint(args.checkpoint).to(device)
+        if args.lora:
+            from flowfactory.models.lora import load_lora
+
+            load_lora(pipe.transformer, args.lora, pipe.cfg.name)
+        if args.benchmark == "fill":
+            summary = run.run_fill(pipe, args.out, args.pairs, args.steps, args.guidance)
+        else:
+            summary = run.run_control(pipe, args.out, args.pairs, args.encoder, args.steps, args.guidance)
+        table = "\n".join(f"{k}: {v}" for k, v in summary.items())
     else:  # ground-truth: the scorers on rendered solutions and on noise
         summary = run.ground_truth_geneval()
         table = "\n".join(f"{k}: " + ", ".join(f"{s} {v[s]['overall']:.3f}" for s in v) for k, v in summary.items())
@@ -661,7 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_convert)
 
     e = sub.add_parser("eval", help="benchmarks on the shapes world: geneval-mini, editbench-mini, scorer checks")
-    e.add_argument("benchmark", choices=["geneval", "editbench", "ground-truth"],
+    e.add_argument("benchmark", choices=["geneval", "editbench", "fill", "control", "ground-truth"],
                    help="geneval: text-to-image of a checkpoint; editbench: an editor; ground-truth: scorer checks")
     e.add_argument("--checkpoint", help="model to evaluate (default: the shipped demo model)")
     e.add_argument("--out", default="results", help="directory for the JSON, markdown table and PNG grid")
@@ -673,9 +691,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--editor", default="identity",
                    help="editbench: model (a Kontext checkpoint, default the shipped edit model), or the baselines "
                    "ground-truth and identity")  # fmt: skip
+    e.add_argument("--encoder", default="edges", help="control: edges or depth")
+    e.add_argument("--lora", help="fill / control: a LoRA file to apply (Control-LoRA)")
     e.add_argument("--identity-chains", type=int, default=0,
                    help="editbench with a model: also edit N character scenes 5 times and report identity")
-    e.add_argument("--pairs", type=int, default=200, help="editbench: number of pairs (>= 200 for the benchmark)")
+    e.add_argument("--pairs", type=int, default=200,
+                   help="editbench: pairs (>= 200 for the benchmark); fill / control: cases (>= 100)")
     e.add_argument("--device", default="cpu", help="cpu or cuda")
     e.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU")
     e.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -275,6 +275,20 @@ def tiny_schnell() -> TrainConfig:
                                checkpoint_every=1000)  # fmt: skip
 
 
+def shapes_fill() -> TrainConfig:
+    """Fill (inpainting / outpainting) mid-training of the demo model:
+    `flowfactory train --recipe shapes-fill --init flowfactory/assets/shapes-demo.safetensors`."""
+    return dataclasses.replace(shapes_demo(), model=with_channel_cond(demo(), "fill"), dataset="fills", steps=2000,
+                               lr=3e-4, warmup=100, cooldown=400, sample_every=0)  # fmt: skip
+
+
+def shapes_canny_lora() -> TrainConfig:
+    """Control-LoRA (edge maps) on the frozen demo model: rank 16 adapters + the widened img_in."""
+    return dataclasses.replace(shapes_demo(), model=with_channel_cond(demo(), "control"), dataset="controls:edges",
+                               steps=2000, lr=5e-4, warmup=100, cooldown=400, sample_every=0, lora_rank=16,
+                               train_text_encoder=False)  # fmt: skip
+
+
 def tiny_edits() -> TrainConfig:
     """Kontext training at unit-test size (`tiny-latent` on edit pairs at 16 px)."""
     return dataclasses.replace(tiny_shapes(), model=tiny_latent(), dataset="edits", dataset_size=0, steps=40,
@@ -299,7 +313,8 @@ RECIPES: dict[str, Callable[[], Recipe]] = {"tiny-shapes": tiny_shapes, "shapes-
                                             "tiny-buckets": tiny_buckets, "tiny-staged": tiny_staged,
                                             "shapes-edit": shapes_edit, "tiny-edits": tiny_edits,
                                             "shapes-dev": shapes_dev, "tiny-dev": tiny_dev, "shapes-dpo": shapes_dpo,
-                                            "shapes-schnell": shapes_schnell, "tiny-schnell": tiny_schnell}  # fmt: skip
+                                            "shapes-schnell": shapes_schnell, "tiny-schnell": tiny_schnell,
+                                            "shapes-fill": shapes_fill, "shapes-canny-lora": shapes_canny_lora}  # fmt: skip
 
 
 def recipe_stages(name: str) -> list[tuple[str, TrainConfig]]:

@@ -141,6 +141,17 @@ class Pipeline(nn.Module):
 
         return v
 
+    def widened(self, kind: str) -> "Pipeline":
+        """This model with the fill or control input layout: `img_in` gains zero-initialised columns,
+        so it computes what it did until they are trained (mid-training a fill / control model)."""
+        from flowfactory.config import with_channel_cond
+        from flowfactory.models.lora import widen_img_in
+
+        cfg = with_channel_cond(self.cfg, kind)
+        widen_img_in(self.transformer, cfg.flux.in_channels)
+        self.transformer.params = cfg.flux
+        return Pipeline(cfg, self.transformer, self.autoencoder, self.text_encoder)
+
     # ----- image conditioning (composed outside the network) -------------------------------------
     def _encode_condition(self, image: Tensor, what: str) -> Tensor:
         if image.ndim != 4 or image.shape[1] != 3:

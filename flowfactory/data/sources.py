@@ -2,6 +2,8 @@
 
     shapes                     the procedural shapes world (endless)
     edits                      shapes-world edit pairs with their context images (Kontext training)
+    fills                      shapes-world scenes with an inpainting / outpainting mask (fill training)
+    controls:edges|depth       shapes-world scenes with their edge or depth map (control training)
     folder:PATH                an image folder (captions: metadata.jsonl, or sidecar .txt / .json)
     webdataset:URLS            tar shards, local or any URL webdataset opens ("shards/{000..015}.tar")
     preferences:FILE.jsonl     a preference export (the chosen image of each pair)
@@ -48,6 +50,8 @@ class Sample:
     hash: str = ""  # SHA-256 of the source file's bytes (for tombstones)
     context: list[torch.Tensor] | None = None  # Kontext: context images [3, H, W] (source, then references)
     rejected: torch.Tensor | None = None  # preference pairs: the rejected image (the chosen one is `image`)
+    mask: torch.Tensor | None = None  # fill: [1, H, W], 1 = repaint
+    control: torch.Tensor | None = None  # control: the control image [3, H, W]
 
 
 @dataclass
@@ -174,6 +178,46 @@ class EditSource:
         context = [self._image(pair.source)] + ([self._image(pair.reference)] if with_ref else [])
         return Sample(caption=pair.instruction, micro=(s, s, 0, 0, s, s), key=f"edits/{self.opts.seed}/{i}",
                       image=self._image(pair.target), context=context)  # fmt: skip
+
+
+class StructureSource:
+    """Shapes-world scenes with a fill mask (`fills`: the box of one object; outpainting borders in
+    a quarter of the samples) or a control image (`controls:edges`, `controls:depth`)."""
+
+    def __init__(self, opts: DataOptions, kind: str, encoder: str = ""):
+        from flowfactory.data.structure import CONTROL_ENCODERS
+
+        if kind == "controls" and encoder not in CONTROL_ENCODERS:
+            raise UserError(f"unknown control encoder '{encoder}' (choose from: {', '.join(CONTROL_ENCODERS)})")
+        self.opts, self.kind, self.encoder = opts, kind, CONTROL_ENCODERS.get(encoder)
+        self.shapes = ShapesDataset(opts.image_size, opts.seed, opts.length)
+        self.bucket_of = None
+        self.skipped: Counter = Counter()
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def sample(self, i: int) -> Sample:
+        from flowfactory.data.structure import object_mask
+
+        scene, text = self.shapes.scene(i)
+        img, _ = self.shapes[i]
+        s = self.opts.image_size
+        out = Sample(caption=text, micro=(s, s, 0, 0, s, s), key=f"{self.kind}/{self.opts.seed}/{i}", image=img)
+        rng = np.random.default_rng([self.opts.seed, 31, i])
+        if self.kind == "fills":
+            if rng.random() < 0.25 or not scene.objects:  # outpainting: a border band
+                m = np.ones((s, s), np.float32)
+                k = int(rng.integers(s // 8, s // 3))
+                side = int(rng.integers(4))
+                keep = {0: np.s_[k:, :], 1: np.s_[:-k, :], 2: np.s_[:, k:], 3: np.s_[:, :-k]}[side]
+                m[keep] = 0
+            else:
+                m = object_mask(scene, int(rng.integers(len(scene.objects))), s)
+            out.mask = torch.from_numpy(m)[None]
+        else:
+            out.control = torch.from_numpy(self.encoder(scene, s)).permute(2, 0, 1).float() / 127.5 - 1
+        return out
 
 
 class ImageFolder(_Decoded):
@@ -363,7 +407,7 @@ def parse_spec(spec: str) -> list[tuple[str, str, float]]:
         kind, _, path = part.partition(":")
         if kind not in SOURCES:
             raise UserError(f"unknown data source '{kind}' in '{spec}' (choose from: {', '.join(SOURCES)})")
-        if kind not in ("shapes", "edits") and not path:
+        if kind not in ("shapes", "edits", "fills") and not path:
             raise UserError(f"data source '{kind}' needs a path: '{kind}:PATH'")
         try:
             w = float(weight) if weight else 1.0
@@ -380,6 +424,8 @@ def build_source(kind: str, path: str, opts: DataOptions):
         return ShapesSource(opts)
     if kind == "edits":
         return EditSource(opts)
+    if kind in ("fills", "controls"):
+        return StructureSource(opts, kind, path)
     if kind == "cache":
         from flowfactory.data.cache import CachedSource
 
@@ -387,7 +433,8 @@ def build_source(kind: str, path: str, opts: DataOptions):
     return SOURCES[kind](path, opts)
 
 
-SOURCES = {"shapes": ShapesSource, "edits": EditSource, "folder": ImageFolder, "webdataset": WebDatasetSource,
+SOURCES = {"shapes": ShapesSource, "edits": EditSource, "fills": StructureSource, "controls": StructureSource,
+           "folder": ImageFolder, "webdataset": WebDatasetSource,
            "preferences": PreferenceSource, "cache": None}  # fmt: skip
 
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from flowfactory.checkpoint import atomic_write, save_checkpoint
-from flowfactory.conditioning import MICRO_FIELDS, Conditioning, kontext, with_micro
+from flowfactory.conditioning import MICRO_FIELDS, Conditioning, control, fill, kontext, with_micro
 from flowfactory.config import TrainConfig, from_json, to_json
 from flowfactory.data.cache import CachedSource
 from flowfactory.data.sources import Batches, DataOptions, Sample
@@ -196,6 +196,21 @@ class Trainer:
                 ctx = [self.pipe.encode_images(torch.stack([s.context[j] for s in samples]).to(dev)).float()
                        for j in range(len(samples[0].context))]  # fmt: skip
             batch.cond = kontext(ctx, p, self.cfg.model.context_offset)
+        if samples[0].mask is not None:  # fill: the masked image's latents and the mask as channels
+            mask = torch.stack([s.mask for s in samples]).to(dev)
+            images = torch.stack([s.image for s in samples]).to(dev)
+            with torch.no_grad():
+                masked = self.pipe.encode_images(images * (1 - mask)).float()
+            batch.cond = fill(masked, mask, self.cfg.model.downsample, p)
+        if samples[0].control is not None:
+            with torch.no_grad():
+                ctl = self.pipe.encode_images(torch.stack([s.control for s in samples]).to(dev)).float()
+            batch.cond = control(ctl, p)
+        has = "fill" if samples[0].mask is not None else "control" if samples[0].control is not None else ""
+        if has != self.cfg.model.channel_cond:
+            need = {"fill": "fill data (--data fills)", "control": "control data (--data controls:edges)", "": "no"}
+            raise UserError(f"model '{self.cfg.model.name}' takes {need[self.cfg.model.channel_cond]} input channels, "
+                            f"but the data gives {has or 'none'}")  # fmt: skip
         return batch
 
     def batch(self, step: int, micro: int) -> tuple[Batch, list[str] | tuple[Tensor, Tensor], Tensor, Tensor]:
