@@ -27,6 +27,7 @@ ASSETS = Path(__file__).parent / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "shapes-demo.safetensors"  # text to image
 DEFAULT_EDIT_CHECKPOINT = ASSETS / "shapes-edit.safetensors"  # Kontext editing
 DEFAULT_FILL_CHECKPOINT = ASSETS / "shapes-fill.safetensors"  # inpainting / outpainting
+DEFAULT_REDUX_CHECKPOINT = ASSETS / "shapes-redux.safetensors"  # image variation
 
 
 def _device_dtype(args):
@@ -38,7 +39,8 @@ def _device_dtype(args):
     return device, (torch.bfloat16 if args.bf16 or device.type == "cuda" else None)
 
 
-def _generate(args, default_ckpt: Path, prompt: str, condition=None, size_hint: tuple[int, int] | None = None) -> None:
+def _generate(args, default_ckpt: Path, prompt: str, condition=None, size_hint: tuple[int, int] | None = None,
+              allow_empty: bool = False) -> None:  # fmt: skip
     """Shared by generate / edit / fill / vary: load, condition, sample, save, report.
 
     `condition(pipe, height, width) -> Conditioning` builds the image conditioning for the output size;
@@ -47,7 +49,7 @@ def _generate(args, default_ckpt: Path, prompt: str, condition=None, size_hint: 
     from flowfactory.images import save_grid, save_image
     from flowfactory.pipeline import Pipeline
 
-    if not prompt.strip():
+    if not prompt.strip() and not allow_empty:
         raise UserError("empty prompt: describe the image to generate")
     steps, guidance = args.steps or 28, 3.5 if args.guidance is None else args.guidance
     if args.tier:
@@ -132,6 +134,15 @@ def cmd_edit(args) -> None:
         return pipe.context([_image_for(pipe, p) for p in [args.image, *(args.ref or [])]])
 
     _generate(args, DEFAULT_EDIT_CHECKPOINT, args.instruction, condition, size_hint=source)
+
+
+def cmd_vary(args) -> None:
+    source = _image_size(args.image)
+
+    def condition(pipe, h, w):
+        return pipe.variation_condition(_image_for(pipe, args.image))
+
+    _generate(args, DEFAULT_REDUX_CHECKPOINT, args.prompt, condition, size_hint=source, allow_empty=True)
 
 
 def cmd_fill(args) -> None:
@@ -491,6 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--ref", action="append", help="a reference image (style, character); repeatable")
     _generation_args(ed)
     ed.set_defaults(func=cmd_edit)
+
+    va = sub.add_parser("vary", help="variations of an image (Redux): its tokens join the text stream")
+    va.add_argument("image", help="the image to make variations of")
+    va.add_argument("--prompt", default="", help="optional text to steer the variation")
+    _generation_args(va)
+    va.set_defaults(func=cmd_vary)
 
     fi = sub.add_parser("fill", help="inpaint (white mask pixels are repainted) or outpaint (--expand)")
     fi.add_argument("image", help="the image")

@@ -88,10 +88,13 @@ class Conditioning:
     token_ids: Tensor | None = None  # [B, Lc, 3] their RoPE ids (index, row, col)
     channels: Tensor | None = None  # [B, L, Cx] concatenated to every noisy image token
     txt: Tensor | None = None  # [B, Lt, D] extra text-stream tokens
+    image_features: Tensor | None = None  # [B, N, F] Redux features, for a model to project into `txt`
 
     def apply(self, x: Tensor, ids: Tensor, txt: Tensor, txt_ids: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Noisy target tokens and ids -> the transformer's inputs; its output's first `x.shape[1]`
         tokens are the target's velocity."""
+        if self.image_features is not None:
+            raise ValueError("project Redux image features with the model's Redux encoder before applying them")
         if self.channels is not None:
             x = torch.cat([x, self.channels.to(x)], dim=-1)
         if self.tokens is not None:
@@ -107,7 +110,8 @@ class Conditioning:
             return b if a is None else a if b is None else torch.cat([a, b], dim=dim)
 
         return Conditioning(cat(self.tokens, other.tokens, 1), cat(self.token_ids, other.token_ids, 1),
-                            cat(self.channels, other.channels, -1), cat(self.txt, other.txt, 1))  # fmt: skip
+                            cat(self.channels, other.channels, -1), cat(self.txt, other.txt, 1),
+                            cat(self.image_features, other.image_features, 1))  # fmt: skip
 
     def repeat(self, n: int) -> "Conditioning":
         """The same conditioning for `n` images per given one (batch `B` -> `B * n`)."""
@@ -115,7 +119,8 @@ class Conditioning:
         def rep(t):
             return None if t is None else t.repeat_interleave(n, dim=0)
 
-        return Conditioning(rep(self.tokens), rep(self.token_ids), rep(self.channels), rep(self.txt))
+        return Conditioning(rep(self.tokens), rep(self.token_ids), rep(self.channels), rep(self.txt),
+                            rep(self.image_features))
 
 
 def kontext(latents: list[Tensor], patch: int = 2, offset: int = 1) -> Conditioning:

@@ -45,6 +45,7 @@ class ModelConfig:
     context_offset: int = 1  # RoPE index step between context images (FLUX.1 Kontext 1, FLUX.2 10)
     max_refs: int = 4  # most context images one call may give
     schedule_shift: bool = True  # sample with the resolution-shifted schedule (few-step students: off)
+    redux_grid: int = 0  # image variation (Redux): image tokens per side from pooled latents (0: no Redux)
 
     def __post_init__(self):
         ch = self.latent_channels * self.patch**2
@@ -185,6 +186,7 @@ class TrainConfig:
     t2i_ratio: float = 0.2  # edit-pair data: share of plain text-to-image batches (context dropped)
     guidance_min: float = 1.0  # guidance distillation: scales drawn uniformly from [min, max]
     guidance_max: float = 5.0
+    freeze_transformer: bool = False  # train only the other modules (a Redux encoder)
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank on a frozen transformer
     lora_alpha: float = 0.0  # adapter scale alpha / rank (0: alpha = rank)
     lora_targets: str = "attention"  # "attention", "all-linear" or a regex of linear-layer names
@@ -289,6 +291,14 @@ def shapes_canny_lora() -> TrainConfig:
                                train_text_encoder=False)  # fmt: skip
 
 
+def shapes_redux() -> TrainConfig:
+    """Redux (image variation) on the frozen demo model: only the image-token projection trains, on
+    pairs of one scene's objects in two layouts (`--init` the shipped model)."""
+    return dataclasses.replace(shapes_demo(), model=dataclasses.replace(demo(), name="demo-redux", redux_grid=4),
+                               dataset="variations", steps=1500, lr=1e-3, warmup=50, cooldown=300, sample_every=0,
+                               freeze_transformer=True, train_text_encoder=False, text_dropout=1.0)  # fmt: skip
+
+
 def tiny_edits() -> TrainConfig:
     """Kontext training at unit-test size (`tiny-latent` on edit pairs at 16 px)."""
     return dataclasses.replace(tiny_shapes(), model=tiny_latent(), dataset="edits", dataset_size=0, steps=40,
@@ -314,7 +324,8 @@ RECIPES: dict[str, Callable[[], Recipe]] = {"tiny-shapes": tiny_shapes, "shapes-
                                             "shapes-edit": shapes_edit, "tiny-edits": tiny_edits,
                                             "shapes-dev": shapes_dev, "tiny-dev": tiny_dev, "shapes-dpo": shapes_dpo,
                                             "shapes-schnell": shapes_schnell, "tiny-schnell": tiny_schnell,
-                                            "shapes-fill": shapes_fill, "shapes-canny-lora": shapes_canny_lora}  # fmt: skip
+                                            "shapes-fill": shapes_fill, "shapes-canny-lora": shapes_canny_lora,
+                                            "shapes-redux": shapes_redux}  # fmt: skip
 
 
 def recipe_stages(name: str) -> list[tuple[str, TrainConfig]]:

@@ -22,6 +22,7 @@ from flowfactory.errors import UserError
 from flowfactory.flow.sampling import SOLVERS, get_schedule, noise_like, true_cfg
 from flowfactory.models.autoencoder import AutoEncoder
 from flowfactory.models.flux import Flux, init_weights
+from flowfactory.models.redux import ReduxEncoder, ReduxParams, latent_features
 from flowfactory.models.text import EmbeddedTextParams, build_text_encoder
 
 
@@ -38,12 +39,16 @@ class GenerateRecord:
 
 
 class Pipeline(nn.Module):
-    def __init__(self, cfg: ModelConfig, transformer: Flux, autoencoder: AutoEncoder | None, text_encoder: nn.Module):
+    def __init__(self, cfg: ModelConfig, transformer: Flux, autoencoder: AutoEncoder | None, text_encoder: nn.Module,
+                 redux: ReduxEncoder | None = None):  # fmt: skip
         super().__init__()
         self.cfg = cfg
         self.transformer = transformer
         self.autoencoder = autoencoder
         self.text_encoder = text_encoder
+        if redux is None and cfg.redux_grid:
+            redux = ReduxEncoder(ReduxParams(cfg.latent_channels, cfg.flux.context_in_dim, cfg.redux_grid))
+        self.redux = redux
 
     # ----- construction and files -----------------------------------------------------------
     @classmethod
@@ -84,7 +89,12 @@ class Pipeline(nn.Module):
         text = build_text_encoder(cfg.text)
         if "text_encoder" in comps:
             load_into(text, comps["text_encoder"], "text encoder", path)
-        return cls(cfg, transformer, ae, text).eval()
+        pipe = cls(cfg, transformer, ae, text)
+        if pipe.redux is not None:
+            if "redux" not in comps:
+                raise UserError(f"{path} names a Redux model but holds no redux weights")
+            load_into(pipe.redux, comps["redux"], "redux", path)
+        return pipe.eval()
 
     @classmethod
     def with_trained_autoencoder(cls, cfg: ModelConfig, path: str | Path, seed: int = 0) -> "Pipeline":
@@ -106,6 +116,8 @@ class Pipeline(nn.Module):
             comps["autoencoder"] = self.autoencoder.state_dict()
         if isinstance(self.cfg.text, EmbeddedTextParams):
             comps["text_encoder"] = self.text_encoder.state_dict()
+        if self.redux is not None:
+            comps["redux"] = self.redux.state_dict()
         save_checkpoint(path, self.cfg, comps, extra_metadata)
 
     # ----- data <-> tokens -----------------------------------------------------------------
@@ -150,7 +162,7 @@ class Pipeline(nn.Module):
         cfg = with_channel_cond(self.cfg, kind)
         widen_img_in(self.transformer, cfg.flux.in_channels)
         self.transformer.params = cfg.flux
-        return Pipeline(cfg, self.transformer, self.autoencoder, self.text_encoder)
+        return Pipeline(cfg, self.transformer, self.autoencoder, self.text_encoder, self.redux)
 
     # ----- image conditioning (composed outside the network) -------------------------------------
     def _encode_condition(self, image: Tensor, what: str) -> Tensor:
@@ -179,6 +191,17 @@ class Pipeline(nn.Module):
         masked = self._encode_condition(image * (1 - mask), "the image")
         return conditioning.fill(masked, mask.to(masked.device), self.cfg.downsample, self.cfg.patch)
 
+    def variation_features(self, image: Tensor) -> Tensor:
+        """Redux: an image -> its pooled-latent features `[B, grid^2, C]` (the encoder's input)."""
+        if self.redux is None:
+            raise UserError(f"model '{self.cfg.name}' has no image-variation (Redux) encoder")
+        return latent_features(self._encode_condition(image, "the image"), self.cfg.redux_grid)
+
+    def variation_condition(self, image: Tensor) -> Conditioning:
+        """Redux: the image's tokens appended to the text stream."""
+        with torch.no_grad():
+            return Conditioning(txt=self.redux(self.variation_features(image)))
+
     def control_condition(self, image: Tensor) -> Conditioning:
         """Structural control (edge / depth map as an RGB image)."""
         if self.cfg.channel_cond != "control":
@@ -197,7 +220,7 @@ class Pipeline(nn.Module):
         (two passes per step; `guidance` 1 turns it off). Image i uses seed `seed + i`, or `seeds[i]`.
         `shift` defaults to the model's `schedule_shift` (off for few-step students).
         """
-        if any(not p.strip() for p in prompts):
+        if any(not p.strip() for p in prompts) and (cond is None or cond.txt is None):  # Redux needs no text
             raise UserError("empty prompt: describe the image to generate")
         if solver not in SOLVERS:
             raise UserError(f"unknown solver '{solver}' (choose from: {', '.join(SOLVERS)})")

@@ -4,6 +4,7 @@
     edits                      shapes-world edit pairs with their context images (Kontext training)
     fills                      shapes-world scenes with an inpainting / outpainting mask (fill training)
     controls:edges|depth       shapes-world scenes with their edge or depth map (control training)
+    variations                 a scene and the same objects in another layout (Redux training)
     folder:PATH                an image folder (captions: metadata.jsonl, or sidecar .txt / .json)
     webdataset:URLS            tar shards, local or any URL webdataset opens ("shards/{000..015}.tar")
     preferences:FILE.jsonl     a preference export (the chosen image of each pair)
@@ -52,6 +53,7 @@ class Sample:
     rejected: torch.Tensor | None = None  # preference pairs: the rejected image (the chosen one is `image`)
     mask: torch.Tensor | None = None  # fill: [1, H, W], 1 = repaint
     control: torch.Tensor | None = None  # control: the control image [3, H, W]
+    reference: torch.Tensor | None = None  # Redux: the image to make variations of [3, H, W]
 
 
 @dataclass
@@ -218,6 +220,39 @@ class StructureSource:
         else:
             out.control = torch.from_numpy(self.encoder(scene, s)).permute(2, 0, 1).float() / 127.5 - 1
         return out
+
+
+class VariationSource:
+    """Redux training (`variations`): the target is a scene, the reference the same objects (same
+    background) in another layout; no caption, so the image tokens carry the content."""
+
+    def __init__(self, opts: DataOptions):
+        self.opts, self.bucket_of, self.skipped = opts, None, Counter()
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def sample(self, i: int) -> Sample:
+        from flowfactory.data.shapes import Scene, place, render, sample_scene
+
+        rng = np.random.default_rng([self.opts.seed, 53, i])
+        while True:
+            scene = sample_scene(rng)
+            moved: list = []
+            for o in scene.objects:
+                p = place(rng, o, moved)
+                if p is None:
+                    break
+                moved.append(p)
+            if len(moved) == len(scene.objects):
+                break
+        s = self.opts.image_size
+
+        def tensor(sc):
+            return torch.from_numpy(render(sc, s)).permute(2, 0, 1).float() / 127.5 - 1
+
+        return Sample(caption="", micro=(s, s, 0, 0, s, s), key=f"variations/{self.opts.seed}/{i}",
+                      image=tensor(scene), reference=tensor(Scene(scene.background, tuple(moved))))  # fmt: skip
 
 
 class ImageFolder(_Decoded):
@@ -407,7 +442,7 @@ def parse_spec(spec: str) -> list[tuple[str, str, float]]:
         kind, _, path = part.partition(":")
         if kind not in SOURCES:
             raise UserError(f"unknown data source '{kind}' in '{spec}' (choose from: {', '.join(SOURCES)})")
-        if kind not in ("shapes", "edits", "fills") and not path:
+        if kind not in ("shapes", "edits", "fills", "variations") and not path:
             raise UserError(f"data source '{kind}' needs a path: '{kind}:PATH'")
         try:
             w = float(weight) if weight else 1.0
@@ -424,6 +459,8 @@ def build_source(kind: str, path: str, opts: DataOptions):
         return ShapesSource(opts)
     if kind == "edits":
         return EditSource(opts)
+    if kind == "variations":
+        return VariationSource(opts)
     if kind in ("fills", "controls"):
         return StructureSource(opts, kind, path)
     if kind == "cache":
@@ -434,6 +471,7 @@ def build_source(kind: str, path: str, opts: DataOptions):
 
 
 SOURCES = {"shapes": ShapesSource, "edits": EditSource, "fills": StructureSource, "controls": StructureSource,
+           "variations": VariationSource,
            "folder": ImageFolder, "webdataset": WebDatasetSource,
            "preferences": PreferenceSource, "cache": None}  # fmt: skip
 

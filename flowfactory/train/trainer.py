@@ -32,6 +32,7 @@ from flowfactory.data.sources import Batches, DataOptions, Sample
 from flowfactory.errors import UserError
 from flowfactory.flow.objectives import drop_text, flux_mu, interpolate, rectified_flow_loss, sample_timesteps
 from flowfactory.images import save_grid
+from flowfactory.models.redux import latent_features
 from flowfactory.models.lora import apply_lora, merge_lora, save_lora, unmerge_lora
 from flowfactory.models.text import EmbeddedTextParams, PrecomputedText
 from flowfactory.pipeline import Pipeline, image_ids, pack, text_ids
@@ -48,6 +49,7 @@ class Denoiser(nn.Module):
         super().__init__()
         self.transformer = pipe.transformer
         self.text_encoder = pipe.text_encoder
+        self.redux = pipe.redux
         self.micro_dim = pipe.cfg.micro_cond
 
     def forward(self, x_t: Tensor, ids: Tensor, text: list[str] | tuple[Tensor, Tensor], t: Tensor,
@@ -58,6 +60,8 @@ class Denoiser(nn.Module):
         y, tids = with_micro(pooled, micro, self.micro_dim), text_ids(txt)
         if cond is None:
             return self.transformer(x_t, ids, txt, tids, t, y, guidance)
+        if cond.image_features is not None:  # Redux: project the image into text tokens (trainable)
+            cond = dataclasses.replace(cond, txt=self.redux(cond.image_features), image_features=None)
         x, ids, txt, tids = cond.apply(x_t, ids, txt, tids)
         return self.transformer(x, ids, txt, tids, t, y, guidance)[:, : x_t.shape[1]]
 
@@ -140,7 +144,7 @@ class Trainer:
         self.pipe.to(self.env.device)
         if self.pipe.autoencoder is not None:
             self.pipe.autoencoder.requires_grad_(False).eval()
-        self.pipe.transformer.requires_grad_(True)  # (a copy of a frozen teacher comes frozen)
+        self.pipe.transformer.requires_grad_(not cfg.freeze_transformer)  # (a copy of a frozen teacher comes frozen)
         if cfg.lora_rank:  # adapters on a frozen base; the extra input columns of a widened img_in train in full
             full = ("img_in.weight",) if cfg.model.channel_cond else ()
             apply_lora(self.pipe.transformer, cfg.lora_rank, cfg.lora_alpha or None, cfg.lora_targets, full)
@@ -206,6 +210,10 @@ class Trainer:
             with torch.no_grad():
                 ctl = self.pipe.encode_images(torch.stack([s.control for s in samples]).to(dev)).float()
             batch.cond = control(ctl, p)
+        if samples[0].reference is not None:  # Redux: the reference image's pooled latents
+            with torch.no_grad():
+                z = self.pipe.encode_images(torch.stack([s.reference for s in samples]).to(dev)).float()
+            batch.cond = Conditioning(image_features=latent_features(z, self.cfg.model.redux_grid))
         has = "fill" if samples[0].mask is not None else "control" if samples[0].control is not None else ""
         if has != self.cfg.model.channel_cond:
             need = {"fill": "fill data (--data fills)", "control": "control data (--data controls:edges)", "": "no"}
@@ -315,6 +323,8 @@ class Trainer:
                 comps["text_encoder"] = {k.removeprefix("text_encoder."): v for k, v in sd.items() if k.startswith("text_encoder.")}
             if self.pipe.autoencoder is not None:
                 comps["autoencoder"] = self.pipe.autoencoder.state_dict()
+            if self.pipe.redux is not None:
+                comps["redux"] = {k.removeprefix("redux."): v for k, v in sd.items() if k.startswith("redux.")}
             dtype = {"fp32": None, "bf16": torch.bfloat16}[self.cfg.export_dtype]
             save_checkpoint(path, self.cfg.model, comps, {"train_config": to_json(self.cfg), "step": str(self.step)}, dtype)
         return path
