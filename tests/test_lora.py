@@ -34,7 +34,7 @@ def test_fresh_adapter_is_identity_and_only_adapters_train():
     inp = flux_inputs(m.params, 2, 4, 4, 5)
     before = run(m, inp)
     params = apply_lora(m, rank=4, targets="attention")
-    assert torch.equal(run(m, inp), before)
+    assert torch.allclose(run(m, inp), before, atol=1e-6)  # (bitwise only up to kernel choice across thread counts)
     assert params and all("lora_" in n for n, p in m.named_parameters() if p.requires_grad)
     assert "double_blocks.0.img_attn.qkv.weight" in m.state_dict()  # base names unchanged
     m(**inp).square().mean().backward()
@@ -52,7 +52,7 @@ def test_merge_then_unmerge_restores_the_base_exactly():
     assert (run(m, inp) - adapted).abs().max() < 1e-5  # merged weights compute the same function
     unmerge_lora(m)
     assert all(torch.equal(m.state_dict()[k], v) for k, v in base.items())
-    assert torch.equal(run(m, inp), adapted)
+    assert torch.allclose(run(m, inp), adapted, atol=1e-6)
     remove_lora(m)
     assert not any(isinstance(x, LoRALinear) for x in m.modules())
     assert all(torch.equal(m.state_dict()[k], v) for k, v in base.items())
@@ -69,7 +69,7 @@ def test_save_load_roundtrip_and_other_base_refused(tmp_path):
     n_base = sum(p.numel() for n, p in m.named_parameters() if "lora_" not in n)
     assert size < 4 * n_lora + 4096 and n_lora < n_base
     load_lora(fresh, tmp_path / "a.safetensors", base_name="tiny")
-    assert torch.equal(run(fresh, inp), run(m, inp))
+    assert torch.allclose(run(fresh, inp), run(m, inp), atol=1e-6)
     with pytest.raises(UserError, match="trained for base 'tiny'"):
         load_lora(model("demo"), tmp_path / "a.safetensors", base_name="demo")
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
@@ -98,7 +98,7 @@ def test_control_lora_widens_img_in_without_changing_the_base_output(tmp_path):
     assert fingerprint(other) == base_fp
     widen_img_in(other, 2 * m.params.in_channels)
     load_lora(other, tmp_path / "control.safetensors", "tiny", base_fp)
-    assert torch.equal(run(other, inp2), run(m, inp2))
+    assert torch.allclose(run(other, inp2), run(m, inp2), atol=1e-6)
 
 
 def test_lora_training_keeps_the_base_frozen_and_exports_both_files(tmp_path):
