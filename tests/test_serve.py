@@ -108,6 +108,7 @@ def test_bad_input_is_a_4xx_with_a_message(tmp_path, checkpoints):
         "malformed json": client.post("/v1/flux-dev", content=b"{not json", headers={**h, "Content-Type": "application/json"}),
         "wrong type": client.post("/v1/flux-dev", json={"prompt": "x", "width": "wide"}, headers=h),
         "out of range": client.post("/v1/flux-dev", json={"prompt": "x", "width": 4000}, headers=h),
+        "bare data url": client.post("/v1/flux-kontext-pro", json={"prompt": "a", "input_image": "data:"}, headers=h),
         "invalid base64": client.post("/v1/flux-kontext-pro", json={"prompt": "x", "input_image": "%%%"}, headers=h),
         "not an image": client.post("/v1/flux-kontext-pro", json={"prompt": "x", "input_image":
                                     base64.b64encode(b"hello world").decode()}, headers=h),

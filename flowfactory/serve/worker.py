@@ -99,9 +99,11 @@ def decode_input(b64: str, what: str) -> Image.Image:
     if b64.startswith(("http://", "https://")):
         raise UserError(f"{what}: image URLs are not fetched; send the image as base64")
     try:
-        data = base64.b64decode(b64.split(",", 1)[1] if b64.startswith("data:") else b64, validate=True)
+        data = base64.b64decode(b64.partition(",")[2] if b64.startswith("data:") else b64, validate=True)
     except (ValueError, TypeError):
         raise UserError(f"{what}: not valid base64") from None
+    if not data:
+        raise UserError(f"{what}: empty image")
     from flowfactory.images import ImageDecodeError
 
     try:
