@@ -28,6 +28,7 @@ from flowfactory.config import recipe
 from flowfactory.data.cache import build_cache
 from flowfactory.data.sources import DataOptions
 from flowfactory.train.trainer import Trainer
+from results_file import add_record  # benchmarks/ (scripts run from their folder)
 
 
 def make_folder(root: Path, n: int, side: int) -> None:
@@ -92,11 +93,8 @@ def main() -> None:
         "max_rel_loss_diff": max(diffs),
     }  # fmt: skip
     print(json.dumps(rec, indent=1))
-    if args.json:  # one file holds every configuration measured
-        path = Path(args.json)
-        runs = json.loads(path.read_text()) if path.exists() else []
-        runs = [r for r in (runs if isinstance(runs, list) else [runs]) if r.get("command") != rec["command"]]
-        path.write_text(json.dumps(runs + [rec], indent=1) + "\n")
+    if args.json:
+        add_record(args.json, rec)
 
 
 if __name__ == "__main__":

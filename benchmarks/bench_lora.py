@@ -18,7 +18,8 @@ import resource
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
+
+from results_file import add_record  # benchmarks/ (scripts run from their folder)
 
 
 def train(model: str, rank: int, steps: int, batch: int, size: int) -> dict:
@@ -79,10 +80,7 @@ def main() -> None:
            "peak_rss_saving": 1 - lora["peak_rss_mb"] / full["peak_rss_mb"]}  # fmt: skip
     print(json.dumps(rec, indent=1))
     if args.json:
-        path = Path(args.json)
-        prev = json.loads(path.read_text()) if path.exists() else []
-        prev = [r for r in (prev if isinstance(prev, list) else [prev]) if r.get("command") != rec["command"]]
-        path.write_text(json.dumps(prev + [rec], indent=1) + "\n")
+        add_record(args.json, rec)
 
 
 if __name__ == "__main__":
