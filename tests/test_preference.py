@@ -56,6 +56,7 @@ def test_judge_pairs_writes_the_shared_pair_format(tmp_path):
     pipe = Pipeline.from_config(recipe("tiny-shapes").model)
     stats = judge_pairs(pipe, tmp_path, prompts=6, k=2, steps=1, progress=False)
     assert stats["prompts"] == 6 and (tmp_path / "pairs.jsonl").exists()
+    assert set(stats["pass_rate_by_task"]) == set(geneval.TASKS)  # six prompts: one of every task
     for line in (tmp_path / "pairs.jsonl").read_text().splitlines():
         rec = json.loads(line)
         assert {"prompt", "chosen", "rejected", "source"} <= set(rec)

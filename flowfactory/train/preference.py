@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -97,7 +98,12 @@ def judge_pairs(pipe: Pipeline, out: str | Path, prompts: int = 200, k: int = 4,
     from flowfactory.eval.run import score_prompts
 
     bench = {p.text for p in geneval.prompt_set()}
-    pool = [p for p in geneval.prompt_set(seed=1000 + seed) if not p.held_out and p.text not in bench][:prompts]
+    groups: dict[str, list] = {}
+    for p in geneval.prompt_set(seed=1000 + seed):
+        if not p.held_out and p.text not in bench:
+            groups.setdefault(p.task, []).append(p)
+    # every task represented: take the tasks' prompts in turn (the set is ordered by task)
+    pool = [p for group in itertools.zip_longest(*groups.values()) for p in group if p is not None][:prompts]
     passed, images = score_prompts(pipe, pool, k, steps, guidance, batch_size, progress=progress,
                                    keep=lambda job: True, seed=seed * 1_000_000)  # fmt: skip
     out = Path(out)
