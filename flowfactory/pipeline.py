@@ -164,6 +164,29 @@ class Pipeline(nn.Module):
         self.transformer.params = cfg.flux
         return Pipeline(cfg, self.transformer, self.autoencoder, self.text_encoder, self.redux)
 
+    def with_redux(self, grid: int) -> "Pipeline":
+        """This model with a new (untrained) Redux encoder of `grid` x `grid` image tokens: the start
+        of Redux training on a frozen text-to-image model (`--recipe shapes-redux --init CKPT`)."""
+        cfg = dataclasses.replace(self.cfg, name=f"{self.cfg.name}-redux", redux_grid=grid)
+        return Pipeline(cfg, self.transformer, self.autoencoder, self.text_encoder)
+
+    def with_lora(self, path: str | Path) -> "Pipeline":
+        """This model with a saved LoRA applied. A Control-LoRA (or fill LoRA) also carries a wider
+        `img_in`: a plain base is widened to the layout that fits it first, so the small adapter
+        file plus the shipped base make the control model. Another base: a clear error."""
+        from flowfactory.config import input_channels
+        from flowfactory.models.lora import load_lora, read_lora
+
+        pipe = self
+        width = read_lora(path)[1].get("img_in.weight", torch.empty(0, 0)).shape[1]
+        if width > self.cfg.flux.in_channels and not self.cfg.channel_cond:
+            c = self.cfg
+            kinds = [k for k in ("control", "fill") if input_channels(c.latent_channels, c.patch, c.downsample, k) == width]
+            if kinds:
+                pipe = self.widened(kinds[0])
+        load_lora(pipe.transformer, path, pipe.cfg.name)
+        return pipe
+
     # ----- image conditioning (composed outside the network) -------------------------------------
     def _encode_condition(self, image: Tensor, what: str) -> Tensor:
         if image.ndim != 4 or image.shape[1] != 3:

@@ -129,3 +129,31 @@ def test_lora_training_keeps_the_base_frozen_and_exports_both_files(tmp_path):
     load_lora(other, tmp_path / "checkpoints" / "lora_step_0000020.safetensors", "tiny")
     inp = flux_inputs(other.params, 1, 4, 4, 5)
     assert torch.allclose(run(other, inp), run(merged.transformer, inp), atol=1e-5)
+
+
+def test_control_lora_file_on_the_plain_base_equals_the_merged_export(tmp_path):
+    """A Control-LoRA trained on a widened base: the small file applied to the plain base
+    (`Pipeline.with_lora` widens it first) gives the merged export's output."""
+    import dataclasses
+
+    from flowfactory.config import recipe
+    from flowfactory.pipeline import Pipeline
+    from flowfactory.train.trainer import Trainer
+
+    base = Pipeline.from_config(model_config("tiny-latent"))
+    randomize_(base.transformer, std=0.1)
+    base.save(tmp_path / "base.safetensors")
+    cfg = dataclasses.replace(recipe("tiny-shapes"), model=model_config("tiny-control"), dataset="controls:edges",
+                              dataset_size=0, steps=4, batch_size=4, lora_rank=4, val_every=0,
+                              train_text_encoder=False)  # fmt: skip
+    init = Pipeline.from_checkpoint(tmp_path / "base.safetensors").widened("control")
+    init.cfg = dataclasses.replace(init.cfg, name="tiny-control")
+    Trainer(cfg, tmp_path / "run", progress=False, init=init).fit()
+    ckpts = tmp_path / "run" / "checkpoints"
+    merged = Pipeline.from_checkpoint(ckpts / "step_0000004.safetensors")
+    applied = Pipeline.from_checkpoint(tmp_path / "base.safetensors").with_lora(ckpts / "lora_step_0000004.safetensors")
+    assert applied.cfg.channel_cond == "control" and applied.transformer.img_in.in_features == 2 * 16
+    inp = flux_inputs(merged.transformer.params, 1, 4, 4, 5)
+    assert torch.allclose(run(applied.transformer, inp), run(merged.transformer, inp), atol=1e-5)
+    with pytest.raises(UserError, match="was trained for base"):
+        Pipeline.from_config(model_config("tiny")).with_lora(ckpts / "lora_step_0000004.safetensors")

@@ -57,3 +57,14 @@ def test_vary_command(tmp_path):
     assert Image.open(tmp_path / "out.png").size == (16, 16)
     assert_one_line_error(*run("vary", str(tmp_path / "in.png"), "--checkpoint", str(tmp_path / "plain.safetensors"))[::2],
                           "no image-variation")  # fmt: skip
+
+
+def test_a_text_to_image_model_gains_a_redux_encoder(tmp_path):
+    """`train --recipe shapes-redux --init CKPT` starts from a plain model: `with_redux` adds the
+    encoder, keeps the transformer, and names the model as the recipe does."""
+    base = Pipeline.from_config(tiny_latent())
+    red = base.with_redux(2)
+    assert red.cfg.name == "tiny-latent-redux" and red.cfg.redux_grid == 2 and red.redux is not None
+    assert red.transformer is base.transformer
+    red.save(tmp_path / "r.safetensors")
+    assert Pipeline.from_checkpoint(tmp_path / "r.safetensors").redux is not None

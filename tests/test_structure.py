@@ -23,6 +23,12 @@ def test_scorers_pass_on_ground_truth_and_fail_without_the_object():
         erased = img.copy()
         erased[m > 0] = BACKGROUNDS[scene.background]
         assert not fill_passes(scene, i, erased)
+        assert not control_passes(scene, erased, identity=False)  # an object missing: positions not followed
+        recoloured = render(dataclasses.replace(scene, objects=tuple(
+            dataclasses.replace(o, color="red" if o.color != "red" else "blue") if j == i and o.color else o
+            for j, o in enumerate(scene.objects))), 64)  # fmt: skip
+        if scene.objects[i].color:  # the object's place is right, its identity is not
+            assert control_passes(scene, recoloured, identity=False) and not control_passes(scene, recoloured)
 
 
 def test_maps_mark_objects():

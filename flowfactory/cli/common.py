@@ -12,6 +12,7 @@ DEFAULT_CHECKPOINT = ASSETS / "shapes-demo.safetensors"  # text to image
 DEFAULT_EDIT_CHECKPOINT = ASSETS / "shapes-edit.safetensors"  # Kontext editing
 DEFAULT_FILL_CHECKPOINT = ASSETS / "shapes-fill.safetensors"  # inpainting / outpainting
 DEFAULT_REDUX_CHECKPOINT = ASSETS / "shapes-redux.safetensors"  # image variation
+DEFAULT_CONTROL_LORA = ASSETS / "shapes-canny-lora.safetensors"  # edge-map Control-LoRA on the demo model
 
 
 def _device_dtype(args):

@@ -7,14 +7,16 @@ import time
 from pathlib import Path
 
 from flowfactory.cli.common import (DEFAULT_CHECKPOINT, DEFAULT_EDIT_CHECKPOINT, DEFAULT_FILL_CHECKPOINT,
-                                    DEFAULT_REDUX_CHECKPOINT, _device_dtype, _generation_args)  # fmt: skip
+                                    DEFAULT_CONTROL_LORA, DEFAULT_REDUX_CHECKPOINT, _device_dtype, _generation_args)  # fmt: skip
 from flowfactory.errors import UserError
 
 
 def _generate(args, default_ckpt: Path, prompt: str, condition=None, size_hint: tuple[int, int] | None = None,
-              allow_empty: bool = False) -> None:  # fmt: skip
+              allow_empty: bool = False, default_lora: Path | None = None) -> None:  # fmt: skip
     """Shared by generate / edit / fill / vary: load, condition, sample, save, report.
 
+    `default_lora` (the shipped Control-LoRA for `--control`) applies when neither `--checkpoint`
+    nor `--lora` is given.
     `condition(pipe, height, width) -> Conditioning` builds the image conditioning for the output size;
     `size_hint` is the default output (height, width) (the input image's, for editing).
     """
@@ -31,16 +33,15 @@ def _generate(args, default_ckpt: Path, prompt: str, condition=None, size_hint: 
         default_ckpt, steps = tier.checkpoint, args.steps or tier.steps
         guidance = tier.guidance if args.guidance is None else args.guidance
     ckpt = Path(args.checkpoint) if args.checkpoint else default_ckpt
+    lora = args.lora or (default_lora if not args.checkpoint and not args.tier else None)
     if not ckpt.exists() and not args.checkpoint:
         raise UserError(f"no model shipped at {ckpt}: pass --checkpoint")
     device, autocast = _device_dtype(args)
     t0 = time.perf_counter()
     dirs = (args.t5, args.clip) if args.t5 or args.clip else None
     pipe = Pipeline.from_checkpoint(ckpt, model=args.model, text_encoder_dirs=dirs, autoencoder_path=args.autoencoder)
-    if args.lora:  # adapters onto the checkpoint's transformer (a clear error for another base)
-        from flowfactory.models.lora import load_lora
-
-        load_lora(pipe.transformer, args.lora, pipe.cfg.name)
+    if lora:  # adapters onto the checkpoint's transformer (a clear error for another base)
+        pipe = pipe.with_lora(lora)
     pipe.to(device)
     load_s = time.perf_counter() - t0
     size = args.size or pipe.cfg.resolution
@@ -92,7 +93,8 @@ def cmd_generate(args) -> None:
     def control(pipe, h, w):
         return pipe.control_condition(_image_for(pipe, args.control, (h, w)))
 
-    _generate(args, DEFAULT_CHECKPOINT, args.prompt, control if args.control else None)
+    _generate(args, DEFAULT_CHECKPOINT, args.prompt, control if args.control else None,
+              default_lora=DEFAULT_CONTROL_LORA if args.control else None)
 
 
 def cmd_edit(args) -> None:

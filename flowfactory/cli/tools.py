@@ -100,10 +100,8 @@ def cmd_eval(args) -> None:
         if not args.checkpoint:
             raise UserError(f"eval {args.benchmark} needs --checkpoint (a {args.benchmark} model)")
         pipe = Pipeline.from_checkpoint(args.checkpoint).to(device)
-        if args.lora:
-            from flowfactory.models.lora import load_lora
-
-            load_lora(pipe.transformer, args.lora, pipe.cfg.name)
+        if args.lora:  # a Control-LoRA widens a plain base first
+            pipe = pipe.with_lora(args.lora)
         if args.benchmark == "fill":
             summary = run.run_fill(pipe, args.out, args.pairs, args.steps, args.guidance)
         else:

@@ -43,6 +43,7 @@ ENDPOINTS = {
     "flux-pro-1.0-canny": ("canny", "pro"), "flux-pro-1.0-depth": ("depth", "pro"),
 }  # fmt: skip
 FALLBACK = {"schnell": ["schnell", "dev", "pro"], "dev": ["dev", "pro"], "pro": ["pro"]}
+LORA_SEP = " + "  # a ModelSet path "BASE + LORA": the base checkpoint with the LoRA file applied
 MAX_INPUT_PIXELS = 20_000_000  # the public API's limit on input images
 
 
@@ -64,11 +65,14 @@ class ModelSet:
         raise UserError(f"this server has no model for '{kind}' requests")
 
     def pipeline(self, path: str):
+        """The loaded model of a checkpoint path, or of `BASE + LORA` (a base with a LoRA applied)."""
         from flowfactory.pipeline import Pipeline
 
         with self._lock:
             if path not in self._loaded:
-                self._loaded[path] = Pipeline.from_checkpoint(path).to(self.device).eval()
+                base, _, lora = path.partition(LORA_SEP)
+                pipe = Pipeline.from_checkpoint(base)
+                self._loaded[path] = (pipe.with_lora(lora) if lora else pipe).to(self.device).eval()
             return self._loaded[path]
 
     @classmethod
@@ -85,6 +89,9 @@ class ModelSet:
                            ("depth", "shapes-depth")):  # fmt: skip
             if (assets / f"{name}.safetensors").exists():
                 ckpts[kind] = {"pro": (str(assets / f"{name}.safetensors"), 28, 3.0)}
+        lora = assets / "shapes-canny-lora.safetensors"  # the edge-map Control-LoRA on the base model
+        if "canny" not in ckpts and lora.exists() and (assets / "shapes-demo.safetensors").exists():
+            ckpts["canny"] = {"pro": (f"{assets / 'shapes-demo.safetensors'}{LORA_SEP}{lora}", 28, 3.0)}
         return cls(ckpts, device)
 
 
