@@ -6,6 +6,7 @@ Endpoints of the public API map onto a kind of conditioning and a tier:
 | --- | --- |
 | flux-dev | text to image, tier dev |
 | flux-pro, flux-pro-1.1 | text to image, tier pro |
+| flux-schnell | text to image, tier schnell (a flowfactory extension of the public API) |
 | flux-kontext-pro | Kontext editing (input_image, input_image_2..4) |
 | flux-pro-1.0-fill | inpainting (image + mask) |
 | flux-pro-1.0-canny, flux-pro-1.0-depth | control image |
@@ -39,6 +40,7 @@ from flowfactory.serve.store import Job, JobStore
 
 ENDPOINTS = {
     "flux-dev": ("t2i", "dev"), "flux-pro": ("t2i", "pro"), "flux-pro-1.1": ("t2i", "pro"),
+    "flux-schnell": ("t2i", "schnell"),
     "flux-kontext-pro": ("edit", "pro"), "flux-pro-1.0-fill": ("fill", "pro"),
     "flux-pro-1.0-canny": ("canny", "pro"), "flux-pro-1.0-depth": ("depth", "pro"),
 }  # fmt: skip
