@@ -1,8 +1,10 @@
 """Redux (image variation): the projection matches diffusers' ReduxImageEncoder; training moves only
-the Redux encoder; `vary` runs."""
+the Redux encoder; `vary` runs; the variation benchmark's scorer and command."""
 
 import dataclasses
+import json
 
+import numpy as np
 import torch
 from diffusers.pipelines.flux.modeling_flux import ReduxImageEncoder
 from PIL import Image
@@ -10,6 +12,8 @@ from test_cli import assert_one_line_error, run
 
 from conftest import randomize_
 from flowfactory.config import recipe, tiny_latent
+from flowfactory.data.shapes import Scene, place, render
+from flowfactory.eval.run import _cases, variation_kept
 from flowfactory.models.redux import ReduxEncoder, ReduxParams
 from flowfactory.pipeline import Pipeline
 from flowfactory.train.trainer import Trainer
@@ -68,3 +72,35 @@ def test_a_text_to_image_model_gains_a_redux_encoder(tmp_path):
     assert red.transformer is base.transformer
     red.save(tmp_path / "r.safetensors")
     assert Pipeline.from_checkpoint(tmp_path / "r.safetensors").redux is not None
+
+
+def test_variation_scorer_is_layout_free_and_content_exact():
+    rng = np.random.default_rng(0)
+    for scene, _, i in _cases(60, seed=1):
+        moved = []
+        for o in scene.objects:
+            moved += [p for p in [place(rng, o, moved)] if p is not None]
+        if len(moved) < len(scene.objects):  # no room for a new layout
+            continue
+        assert variation_kept(scene, render(Scene(scene.background, tuple(moved)), 64)) == dict.fromkeys(
+            ("objects_kept", "colours_kept", "count_kept", "background_kept"), True)  # fmt: skip
+        one_less = Scene(scene.background, scene.objects[:i] + scene.objects[i + 1 :])
+        got = variation_kept(scene, render(one_less, 64))
+        assert not got["objects_kept"] and not got["count_kept"] and got["background_kept"]
+        other_bg = "black" if scene.background != "black" else "white"
+        assert not variation_kept(scene, render(Scene(other_bg, scene.objects), 64))["objects_kept"]
+
+
+def test_eval_variation_command(tmp_path):
+    Pipeline.from_config(redux_cfg().model).save(tmp_path / "redux.safetensors")
+    Pipeline.from_config(tiny_latent()).save(tmp_path / "plain.safetensors")
+    rc, out, err = run("eval", "variation", "--checkpoint", str(tmp_path / "redux.safetensors"), "--pairs", "4",
+                       "--steps", "2", "--out", str(tmp_path / "v"), "--json")  # fmt: skip
+    assert rc == 0, err
+    summary = json.loads(out)
+    assert summary["cases"] == 4 and summary["conditioning"] == "image"
+    assert all(0 <= summary[k] <= 1 for k in ("objects_kept", "colours_kept", "count_kept", "background_kept"))
+    assert json.loads((tmp_path / "v" / "variation.json").read_text())["summary"] == summary
+    assert (tmp_path / "v" / "variation.png").exists()
+    assert_one_line_error(*run("eval", "variation", "--checkpoint", str(tmp_path / "plain.safetensors"))[::2],
+                          "no Redux encoder")  # fmt: skip

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from flowfactory.cli.common import DEFAULT_CHECKPOINT, DEFAULT_EDIT_CHECKPOINT, _device_dtype
+from flowfactory.cli.common import DEFAULT_CHECKPOINT, DEFAULT_EDIT_CHECKPOINT, DEFAULT_REDUX_CHECKPOINT, _device_dtype
 from flowfactory.errors import UserError
 
 
@@ -93,6 +93,16 @@ def cmd_eval(args) -> None:
                                                                    guidance=args.guidance)  # fmt: skip
             Path(args.out, "character-identity.json").write_text(json.dumps(summary["character_identity"], indent=1))
         table = run.markdown_table({args.editor: summary}, tuple(run.editbench.CATEGORIES))
+    elif args.benchmark == "variation":
+        from flowfactory.pipeline import Pipeline
+
+        device, _ = _device_dtype(args)
+        pipe = Pipeline.from_checkpoint(args.checkpoint or DEFAULT_REDUX_CHECKPOINT).to(device)
+        if not args.captions and pipe.redux is None:
+            raise UserError(f"eval variation: '{args.checkpoint}' has no Redux encoder (give a Redux model, or "
+                            "--captions to prompt a text model with the references' captions)")  # fmt: skip
+        summary = run.run_variation(pipe, args.out, args.pairs, args.steps, args.guidance, captions=args.captions)
+        table = "\n".join(f"{k}: {v}" for k, v in summary.items())
     elif args.benchmark in ("fill", "control"):
         from flowfactory.pipeline import Pipeline
 
@@ -125,8 +135,9 @@ def register(sub) -> None:
     c.set_defaults(func=cmd_convert)
 
     e = sub.add_parser("eval", help="benchmarks on the shapes world: geneval-mini, editbench-mini, scorer checks")
-    e.add_argument("benchmark", choices=["geneval", "editbench", "fill", "control", "ground-truth"],
-                   help="geneval: text-to-image of a checkpoint; editbench: an editor; ground-truth: scorer checks")
+    e.add_argument("benchmark", choices=["geneval", "editbench", "fill", "control", "variation", "ground-truth"],
+                   help="geneval: text-to-image of a checkpoint; editbench: an editor; variation: a Redux model "
+                   "(default the shipped one); ground-truth: scorer checks")  # fmt: skip
     e.add_argument("--checkpoint", help="model to evaluate (default: the shipped demo model)")
     e.add_argument("--out", default="results", help="directory for the JSON, markdown table and PNG grid")
     e.add_argument("--images-per-prompt", type=int, default=4)
@@ -139,10 +150,12 @@ def register(sub) -> None:
                    "ground-truth and identity")  # fmt: skip
     e.add_argument("--encoder", default="edges", help="control: edges or depth")
     e.add_argument("--lora", help="fill / control: a LoRA file to apply (Control-LoRA)")
+    e.add_argument("--captions", action="store_true",
+                   help="variation: prompt with the references' captions instead of their images (reference point)")
     e.add_argument("--identity-chains", type=int, default=0,
                    help="editbench with a model: also edit N character scenes 5 times and report identity")
     e.add_argument("--pairs", type=int, default=200,
-                   help="editbench: pairs (>= 200 for the benchmark); fill / control: cases (>= 100)")
+                   help="editbench: pairs (>= 200 for the benchmark); fill / control / variation: cases (>= 100)")
     e.add_argument("--device", default="cpu", help="cpu or cuda")
     e.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU")
     e.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -252,3 +252,47 @@ def run_control(pipe, out: str | Path, n: int = 100, encoder: str = "edges", ste
                  f"| positions followed | {summary['positions_followed']:.3f} |\n"
                  f"| positions and identity | {summary['positions_and_identity']:.3f} |", torch.stack(shown))  # fmt: skip
     return summary
+
+
+def variation_kept(scene, image: np.ndarray) -> dict[str, bool]:
+    """Image variation: which of the reference scene's contents `image` (uint8 [H, W, 3]) shows again,
+    wherever they are placed."""
+    found = analyze(image)
+    return {"objects_kept": found.canonical() == scene.canonical(),
+            "colours_kept": sorted(o.color for o in found.objects) == sorted(o.color for o in scene.objects),
+            "count_kept": len(found.objects) == len(scene.objects),
+            "background_kept": found.background == scene.background}  # fmt: skip
+
+
+@torch.no_grad()
+def run_variation(pipe, out: str | Path, n: int = 100, steps: int = 20, guidance: float = 3.0, batch_size: int = 25,
+                  seed: int = 0, captions: bool = False) -> dict:  # fmt: skip
+    """Image variation (Redux): generate from a reference scene's image tokens alone (no text); a case
+    passes when the analyzer finds the reference's content again, layout free: `objects_kept` (the
+    same background and multiset of objects: colour, shape, size, pattern), `colours_kept` (the same
+    multiset of object colours), `count_kept`, `background_kept`. `captions` instead prompts a text
+    model with the reference's caption and no image (the reference point a caption reaches)."""
+    size = pipe.cfg.resolution
+    cases = _cases(n, seed)
+    kept: dict[str, list[bool]] = {"objects_kept": [], "colours_kept": [], "count_kept": [], "background_kept": []}
+    shown = []
+    for start in range(0, n, batch_size):
+        chunk = cases[start : start + batch_size]
+        refs = np.stack([render(s, size) for s, _, _ in chunk])
+        images = torch.from_numpy(refs).permute(0, 3, 1, 2).float() / 127.5 - 1
+        cond = None if captions else pipe.variation_condition(images)
+        prompts = [c if captions else "" for _, c, _ in chunk]
+        out_imgs, _ = pipe.generate(prompts, size, size, steps=steps, guidance=guidance, seed=seed + start, cond=cond)
+        for (scene, _, _), img, ref in zip(chunk, out_imgs, images):
+            arr = ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+            for k, v in variation_kept(scene, arr).items():
+                kept[k].append(v)
+            if len(shown) < 16:
+                shown += [ref, img]
+    summary = {"cases": n, "conditioning": "caption" if captions else "image",
+               **{k: float(np.mean(v)) for k, v in kept.items()}}  # fmt: skip
+    write_report(Path(out), "variation", {"benchmark": "variation-mini", "steps": steps, "guidance": guidance,
+                                          "summary": summary},
+                 "\n".join(f"| {k.replace('_', ' ')} | {v:.3f} |" for k, v in summary.items() if k.endswith("kept")),
+                 torch.stack([x.float().cpu() for x in shown]))  # fmt: skip
+    return summary
