@@ -49,3 +49,15 @@ def start(data_dir, models, port, *extra):
 
 def new_key(data_dir) -> str:
     return SQLiteJobStore(data_dir / "jobs.sqlite").create_key("test")[1]
+
+
+def start_worker(data_dir, models, *extra):
+    """A `flowfactory worker` process on the server's data directory; returns once it has said it runs."""
+    cmd = [sys.executable, "-m", "flowfactory", "worker", "--dir", str(data_dir), "--models", str(models), *extra]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    line = proc.stdout.readline()
+    if "worker(s)" not in line:
+        proc.kill()
+        raise AssertionError(line + proc.stderr.read()[-2000:])
+    return proc

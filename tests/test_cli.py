@@ -113,3 +113,15 @@ def test_info_json():
     info = json.loads(out)
     assert rc == 0 and info["image_tokens"] == 1024 and not info["guidance_embed"]
     assert abs(info["parameters"] - 11.89e9) < 0.05e9
+
+
+def test_serving_commands_refuse_bad_input_with_one_line(tmp_path):
+    assert_one_line_error(*run("worker", "--dir", str(tmp_path / "none"))[::2], "no server data")
+    assert_one_line_error(*run("feedback", "export", "--dir", str(tmp_path / "none"), "--out", str(tmp_path / "x"))[::2],
+                          "no server data")  # fmt: skip
+    assert run("keys", "create", "--dir", str(tmp_path / "srv"))[0] == 0
+    assert_one_line_error(*run("worker", "--dir", str(tmp_path / "srv"), "--workers", "0")[::2], "--workers must be")
+    (tmp_path / "bad.json").write_text("{not json")
+    assert_one_line_error(*run("worker", "--dir", str(tmp_path / "srv"), "--models", str(tmp_path / "bad.json"))[::2],
+                          "cannot read the model map")  # fmt: skip
+    assert_one_line_error(*run("serve", "--dir", str(tmp_path / "srv"), "--workers", "-1")[::2], "--workers must be")

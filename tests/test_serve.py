@@ -15,6 +15,7 @@ from flowfactory.data.tombstones import Tombstones, content_hash
 from flowfactory.pipeline import Pipeline
 from flowfactory.serve.app import ServeConfig, create_app
 from flowfactory.serve.feedback import export_feedback
+from flowfactory.serve.store import SCHEMA, SQLiteJobStore
 from flowfactory.serve.worker import ModelSet, generation_size
 
 
@@ -182,3 +183,35 @@ def test_feedback_export_trains_and_deletion_removes_everything(tmp_path, checkp
     assert len(client.delete("/v1/data", headers=h).json()["deleted"]) == 2
     usage = [json.loads(x) for x in (tmp_path / "export" / "usage.jsonl").read_text().splitlines()]
     assert all(u["latency_s"] is not None and u["prompt_length"] == 16 for u in usage)
+
+
+def test_store_requeues_only_jobs_whose_worker_is_gone(tmp_path):
+    import socket
+    import sqlite3
+    import subprocess
+    import sys
+
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    kid, _ = store.create_key()
+    ids = [store.enqueue(kid, "flux-dev", "b", {"i": i}, 100) for i in range(4)]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    store.heartbeat()  # this process: alive
+    store.heartbeat(f"{host}:{dead.stdout.strip()}")  # fresh heartbeat, but the process has exited
+    store.heartbeat("elsewhere:7")  # another host, fresh: trusted
+    for worker in ("", f"{host}:{dead.stdout.strip()}", "elsewhere:7", "elsewhere:8"):  # elsewhere:8 never beat
+        assert len(store.claim(1, worker=worker)) == 1
+    assert store.recover(stale_s=60) == 2
+    assert [store.get(i).status for i in ids] == ["Running", "Pending", "Running", "Pending"]
+    with sqlite3.connect(tmp_path / "jobs.sqlite") as c:  # elsewhere:7 stops beating (its last beat long ago)
+        c.execute("UPDATE workers SET heartbeat = 0 WHERE id = 'elsewhere:7'")
+    assert store.recover(stale_s=60) == 1  # its job goes back; this process's stays
+    assert [store.get(i).status for i in ids] == ["Running", "Pending", "Pending", "Pending"]
+
+    legacy = tmp_path / "old.sqlite"  # a database written before jobs had a worker column
+    with sqlite3.connect(legacy) as c:
+        c.executescript(SCHEMA)  # its jobs table has no worker column: the store adds it on opening
+        c.execute("INSERT INTO jobs (id, key_id, endpoint, batch_key, status, request, created) VALUES "
+                  "('j', 'k', 'flux-dev', 'b', 'Running', '{}', 0)")  # fmt: skip
+    old = SQLiteJobStore(legacy)
+    assert old.recover() == 1 and old.get("j").status == "Pending"

@@ -1,5 +1,6 @@
-"""The server as a process: the official `blackforest` client against it, a SIGKILL crash test,
-and a schema-driven fuzz run (schemathesis) that must find no 500."""
+"""The server as a process: the official `blackforest` client against it, a SIGKILL crash test (of the
+server, and of a separate worker process), and a schema-driven fuzz run (schemathesis) that must find
+no 500."""
 
 import base64
 import io
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
 from flowfactory.serve.store import SQLiteJobStore
-from helpers_serve import free_port, new_key, start, tiny_models
+from helpers_serve import free_port, new_key, start, start_worker, tiny_models
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,56 @@ def test_sigkill_loses_no_accepted_job(tmp_path, models):
     finally:
         proc.kill()
         proc.wait()
+
+
+def wait_for(check, what: str, limit_s: float = 120):
+    """Polls `check()` until it is truthy; fails with `what` after `limit_s` (an upper bound, not a timing test)."""
+    deadline = time.time() + limit_s
+    while time.time() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_separate_worker_processes_and_a_killed_worker_loses_no_job(tmp_path, models):
+    """`serve --workers 0` is the API alone; `flowfactory worker` processes run the jobs. SIGKILL one
+    while it runs a job: its jobs go back to the queue (its process is gone) and another finishes them."""
+    port = free_port()
+    server = start(tmp_path, models, port, "--workers", "0")
+    url, key = f"http://127.0.0.1:{port}", new_key(tmp_path)
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    procs = [server]
+    try:
+        assert requests.get(f"{url}/healthz", timeout=10).json()["worker_processes"] == 0
+        ids = [requests.post(f"{url}/v1/flux-pro", json={"prompt": f"a circle {i}", "steps": 50, "width": 1440,
+                                                          "height": 1440}, headers={"X-Key": key}, timeout=10).json()["id"]
+               for i in range(8)]  # fmt: skip
+        assert {store.get(i).status for i in ids} == {"Pending"}  # no worker yet: nothing runs
+        first = start_worker(tmp_path, models, "--batch-size", "1")
+        procs.append(first)
+        wait_for(lambda: requests.get(f"{url}/healthz", timeout=10).json()["worker_processes"] == 1, "the worker")
+        wait_for(lambda: any(store.get(i).status == "Running" for i in ids), "a running job")
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        orphans = [i for i in ids if store.get(i).status == "Running"]  # the kill caught them mid-generation
+        assert orphans
+        second = start_worker(tmp_path, models, "--batch-size", "1")
+        procs.append(second)
+        wait_for(lambda: all(store.get(i).status in ("Ready", "Error") for i in ids), "every job to finish")
+        assert [store.get(i).status for i in ids] == ["Ready"] * len(ids)
+        assert all(store.get(i).attempts == 2 for i in orphans)  # claimed by the killed worker, then again
+        img = requests.get(requests.get(f"{url}/v1/get_result", params={"id": ids[-1]}, headers={"X-Key": key},
+                                        timeout=10).json()["result"]["sample"], timeout=10)  # fmt: skip
+        assert img.ok and Image.open(io.BytesIO(img.content)).size == (1440, 1440)
+        second.send_signal(signal.SIGTERM)  # a clean stop: the process exits, nothing is left running
+        assert second.wait(timeout=60) == 0
+        assert not any(store.get(i).status == "Running" for i in ids)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from flowfactory.data.tombstones import Tombstones, content_hash
 from flowfactory.errors import UserError
 from flowfactory.serve.guard import Moderator
 from flowfactory.serve.store import SQLiteJobStore
-from flowfactory.serve.worker import ENDPOINTS, ModelSet, Worker, decode_input
+from flowfactory.serve.worker import ENDPOINTS, Heartbeat, ModelSet, Worker, decode_input
 
 IMAGE_FIELDS = ("input_image", "input_image_2", "input_image_3", "input_image_4", "image", "mask", "control_image")
 
@@ -147,6 +147,7 @@ def create_app(cfg: ServeConfig, models: ModelSet, moderator: Moderator | None =
                          for i in range(cfg.workers)]  # fmt: skip
     app.state.recovered = store.recover()
     if start_workers:
+        Heartbeat(store, beat=cfg.workers > 0).start()
         for w in app.state.workers:
             w.start()
     header = APIKeyHeader(name="X-Key", auto_error=False)
@@ -300,7 +301,8 @@ def create_app(cfg: ServeConfig, models: ModelSet, moderator: Moderator | None =
 
     @app.get("/healthz", include_in_schema=False)
     def health() -> dict:
-        return {"ok": True, "queued": store.queued(), "recovered_at_start": app.state.recovered}
+        return {"ok": True, "queued": store.queued(), "recovered_at_start": app.state.recovered,
+                "worker_processes": len(store.live_workers())}  # fmt: skip
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError):

@@ -1,8 +1,11 @@
 """The durable job store: SQLite in WAL mode, behind the small `JobStore` interface.
 
-Jobs survive a crash: a job is `Pending` until a worker claims it (`Running`), then `Ready`,
-`Error`, `Request Moderated` or `Content Moderated`. On start-up `recover()` puts jobs that were
-running back in the queue. Results are files written atomically, whose paths the job row
+Jobs survive a crash: a job is `Pending` until a worker claims it (`Running`, with the worker
+process's id `host:pid`), then `Ready`, `Error`, `Request Moderated` or `Content Moderated`.
+Worker processes heartbeat into the `workers` table; `recover()` (at start-up and periodically)
+puts back in the queue the running jobs whose worker is gone: a process of this host that no
+longer exists, or any worker whose heartbeat is older than `stale_s`. Workers may be threads of
+the server process or separate processes (`flowfactory worker`) sharing the database. Results are files written atomically, whose paths the job row
 holds; they expire after `ttl_s`. API keys are stored as SHA-256 hashes. Every moderation
 decision and every feedback item is a row.
 """
@@ -11,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -30,6 +35,7 @@ CREATE INDEX IF NOT EXISTS jobs_key ON jobs (key_id);
 CREATE TABLE IF NOT EXISTS feedback (
     id TEXT PRIMARY KEY, key_id TEXT NOT NULL, job_id TEXT NOT NULL, other_job_id TEXT, kind TEXT NOT NULL,
     rating REAL, preferred TEXT, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, heartbeat REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS moderation (
     id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT, key_id TEXT, stage TEXT NOT NULL, allowed INTEGER NOT NULL,
     reason TEXT NOT NULL, created REAL NOT NULL);
@@ -55,6 +61,25 @@ class Job:
     attempts: int
 
 
+def process_id() -> str:
+    """This worker process's id: `host:pid`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _process_alive(worker: str) -> bool | None:
+    """Whether a worker process of this host still exists; None for another host's (unknowable here)."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -65,10 +90,11 @@ class JobStore:
     def create_key(self, name: str = "") -> tuple[str, str]: ...
     def key_id(self, key: str) -> str | None: ...
     def enqueue(self, key_id: str, endpoint: str, batch_key: str, request: dict, max_queue: int) -> str | None: ...
-    def claim(self, limit: int, max_attempts: int) -> list[Job]: ...
+    def claim(self, limit: int, max_attempts: int, worker: str = "") -> list[Job]: ...
     def finish(self, job_id: str, status: str, result: dict | None = None, error: str | None = None) -> None: ...
     def get(self, job_id: str) -> Job | None: ...
-    def recover(self) -> int: ...
+    def heartbeat(self, worker: str) -> None: ...
+    def recover(self, stale_s: float) -> int: ...
 
 
 class SQLiteJobStore(JobStore):
@@ -80,6 +106,8 @@ class SQLiteJobStore(JobStore):
         c = self._conn()
         c.execute("PRAGMA journal_mode=WAL")
         c.executescript(SCHEMA)
+        if "worker" not in {r["name"] for r in c.execute("PRAGMA table_info(jobs)")}:  # a database of an older release
+            c.execute("ALTER TABLE jobs ADD COLUMN worker TEXT")
 
     def _conn(self) -> sqlite3.Connection:
         """One connection per thread; `with conn:` is one transaction."""
@@ -127,8 +155,10 @@ class SQLiteJobStore(JobStore):
     def queued(self) -> int:
         return self._conn().execute("SELECT COUNT(*) FROM jobs WHERE status IN ('Pending', 'Running')").fetchone()[0]
 
-    def claim(self, limit: int, max_attempts: int = 3) -> list[Job]:
-        """Atomically take up to `limit` pending jobs sharing the oldest job's batch key."""
+    def claim(self, limit: int, max_attempts: int = 3, worker: str = "") -> list[Job]:
+        """Atomically take up to `limit` pending jobs sharing the oldest job's batch key, for `worker`
+        (default: this process)."""
+        worker = worker or process_id()
         c = self._conn()
         with c:
             c.execute("BEGIN IMMEDIATE")
@@ -140,8 +170,8 @@ class SQLiteJobStore(JobStore):
             rows = c.execute("SELECT * FROM jobs WHERE status = 'Pending' AND batch_key = ? ORDER BY created LIMIT ?",
                              (first["batch_key"], limit)).fetchall()  # fmt: skip
             ids = [r["id"] for r in rows]
-            c.executemany("UPDATE jobs SET status = 'Running', started = ?, attempts = attempts + 1 WHERE id = ?",
-                          [(time.time(), i) for i in ids])  # fmt: skip
+            c.executemany("UPDATE jobs SET status = 'Running', started = ?, attempts = attempts + 1, worker = ? "
+                          "WHERE id = ?", [(time.time(), worker, i) for i in ids])  # fmt: skip
         return [self._job(r, status="Running") for r in rows]
 
     def finish(self, job_id: str, status: str, result: dict | None = None, error: str | None = None) -> None:
@@ -153,10 +183,29 @@ class SQLiteJobStore(JobStore):
         row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return self._job(row) if row else None
 
-    def recover(self) -> int:
-        """Jobs a crash left running go back to the queue; returns how many."""
+    def heartbeat(self, worker: str = "") -> None:
+        """A worker process says it is alive (every few seconds)."""
         with self._conn() as c:
-            return c.execute("UPDATE jobs SET status = 'Pending' WHERE status = 'Running'").rowcount
+            c.execute("INSERT INTO workers VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET heartbeat = excluded.heartbeat",
+                      (worker or process_id(), time.time()))  # fmt: skip
+
+    def live_workers(self, stale_s: float = 60.0) -> list[str]:
+        """Worker processes alive now (heartbeat within `stale_s`, and the process exists if it is this host's)."""
+        rows = self._conn().execute("SELECT id FROM workers WHERE heartbeat >= ?", (time.time() - stale_s,)).fetchall()
+        return [r["id"] for r in rows if _process_alive(r["id"]) is not False]
+
+    def recover(self, stale_s: float = 60.0) -> int:
+        """Running jobs whose worker is gone (a crash) go back to the queue; returns how many."""
+        c = self._conn()
+        with c:
+            c.execute("BEGIN IMMEDIATE")
+            running = {r["worker"] or "" for r in c.execute("SELECT DISTINCT worker FROM jobs WHERE status = 'Running'")}
+            live = set(self.live_workers(stale_s))
+            gone = [w for w in running if w not in live]
+            n = c.executemany("UPDATE jobs SET status = 'Pending', worker = NULL WHERE status = 'Running' AND "
+                              "IFNULL(worker, '') = ?", [(w,) for w in gone]).rowcount  # fmt: skip
+            c.execute("DELETE FROM workers WHERE heartbeat < ?", (time.time() - 10 * stale_s,))
+        return max(n, 0)
 
     def expired(self, now: float | None = None) -> list[Job]:
         rows = self._conn().execute("SELECT * FROM jobs WHERE expires < ? AND status NOT IN ('Pending', 'Running')",

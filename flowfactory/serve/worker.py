@@ -121,6 +121,28 @@ def decode_input(b64: str, what: str) -> Image.Image:
         raise UserError(f"{what}: not a readable image ({e})") from None
 
 
+class Heartbeat(threading.Thread):
+    """Every `every_s`: this process's heartbeat in the store (when it runs workers), and the re-queue of
+    running jobs whose worker process died (`JobStore.recover`), so a crashed worker's jobs finish
+    elsewhere without a restart."""
+
+    def __init__(self, store: JobStore, beat: bool = True, every_s: float = 2.0, stale_s: float = 60.0):
+        super().__init__(daemon=True, name="heartbeat")
+        self.store, self.beat, self.every_s, self.stale_s = store, beat, every_s, stale_s
+        self.stop = threading.Event()
+        if beat:  # before any worker of this process claims a job
+            store.heartbeat()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            try:
+                if self.beat:
+                    self.store.heartbeat()
+                self.store.recover(self.stale_s)
+            except Exception:  # a busy database this round: try again next round
+                traceback.print_exc()
+
+
 class Worker(threading.Thread):
     def __init__(self, store: JobStore, models: ModelSet, moderator: Moderator, results: Path, batch_size: int = 8,
                  poll_s: float = 0.05, name: str = "worker"):  # fmt: skip
