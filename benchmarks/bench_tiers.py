@@ -1,12 +1,15 @@
 """The tier table: for each tier of one model (and schnell at 1, 2 and 4 steps), the solver
-steps, transformer forward passes per image, geneval-mini score and latency per image as a
-ratio to `pro`, all measured in this one run.
+steps, transformer forward passes per image, the benchmark score and latency per image as a
+ratio to `pro`, all measured in this one run. Text-to-image tiers are scored on geneval-mini,
+edit tiers (`--edit`) on editbench-mini (with the untouched-region PSNR).
 
-Latency: every configuration generates the same batch of prompts; the configurations take turns
-(round-robin, after one warm-up each) so that machine noise falls on all of them alike; the
-median per image is reported with its ratio to `pro`'s.
+Latency: every configuration generates the same batch of prompts (edits: edits the same
+sources one at a time); the configurations take turns (round-robin, after one warm-up each) so
+that machine noise falls on all of them alike; the median per image is reported with its ratio
+to `pro`'s.
 
     python benchmarks/bench_tiers.py --tiers flowfactory/assets/tiers.json --out benchmarks/results/tiers
+    python benchmarks/bench_tiers.py --edit --tiers flowfactory/assets/tiers-edit.json --out benchmarks/results/tiers
 """
 
 from __future__ import annotations
@@ -40,22 +43,65 @@ def passes_per_image(pipe, steps: int, guidance: float) -> int:
     return steps * (1 if pipe.cfg.flux.guidance_embed or guidance == 1.0 else 2)
 
 
-def latency(pipes: dict, rows: list[dict], prompts: list[str], rounds: int) -> dict[str, float]:
-    """Median seconds per image of each row, the rows timed in turn."""
-    size = next(iter(pipes.values())).cfg.resolution
+def latency(pipes: dict, rows: list[dict], make, n: int, rounds: int) -> dict[str, float]:
+    """Median seconds per image of each row, the rows timed in turn; `make(pipe, row, seed)` makes
+    `n` images."""
     times: dict[str, list[float]] = {r["label"]: [] for r in rows}
     for rnd in range(rounds + 1):  # round 0 warms up
         for r in rows:
             t0 = time.perf_counter()
-            pipes[r["tier"]].generate(prompts, size, size, steps=r["steps"], guidance=r["guidance"], seed=rnd)
+            make(pipes[r["tier"]], r, rnd)
             if rnd:
-                times[r["label"]].append((time.perf_counter() - t0) / len(prompts))
+                times[r["label"]].append((time.perf_counter() - t0) / n)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def geneval_task(prompts, images_per_prompt: int, latency_batch: int):
+    """(make for latency, n, score(pipe, row) -> (in-distribution, held out, summary)) for text to image."""
+    from flowfactory.eval import geneval
+    from flowfactory.eval.run import score_prompts
+
+    timed = [p.text for p in prompts[:latency_batch]]
+
+    def make(pipe, r, seed):
+        size = pipe.cfg.resolution
+        pipe.generate(timed, size, size, steps=r["steps"], guidance=r["guidance"], seed=seed)
+
+    def score(pipe, r):
+        passed, _ = score_prompts(pipe, prompts, images_per_prompt, r["steps"], r["guidance"], progress=False)
+        summary = geneval.summarize(prompts, passed)
+        return summary["in_distribution"]["overall"], summary.get("held_out", {}).get("overall"), summary
+
+    return make, len(timed), score
+
+
+def editbench_task(n_pairs: int, latency_batch: int):
+    """The same for edit models: editbench-mini pairs (seed 0 for every tier), batch-1 edits timed."""
+    import tempfile
+
+    from flowfactory.data.edits import edit_set
+    from flowfactory.eval.run import kontext_editor, run_editbench
+
+    timed = edit_set(n_pairs)[:latency_batch]
+
+    def make(pipe, r, seed):
+        edit = kontext_editor(pipe, r["steps"], r["guidance"], seed)
+        for pair in timed:
+            edit(pair, pipe.cfg.resolution)
+
+    def score(pipe, r):
+        with tempfile.TemporaryDirectory() as tmp:  # the per-tier report files are not kept
+            summary = run_editbench(kontext_editor(pipe, r["steps"], r["guidance"]), tmp, n_pairs, name=r["label"])["summary"]
+        return summary["overall"], summary["untouched_psnr_db"], summary
+
+    return make, len(timed), score
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiers", default="flowfactory/assets/tiers.json", help="tier manifest")
+    ap.add_argument("--edit", action="store_true", help="edit tiers: editbench-mini instead of geneval-mini")
+    ap.add_argument("--pairs", type=int, default=200, help="editbench-mini pairs (--edit)")
     ap.add_argument("--out", default="benchmarks/results/tiers", help="folder for tiers.json / tiers.md")
     ap.add_argument("--images-per-prompt", type=int, default=4)
     ap.add_argument("--limit", type=int, help="first N geneval prompts only (quick trials)")
@@ -65,7 +111,6 @@ def main() -> None:
     args = ap.parse_args()
 
     from flowfactory.eval import geneval
-    from flowfactory.eval.run import score_prompts
     from flowfactory.pipeline import Pipeline
     from flowfactory.tiers import load_tiers
 
@@ -75,37 +120,44 @@ def main() -> None:
         sys.exit(f"{args.tiers} has no 'pro' tier to compare against")
     pipes = {name: Pipeline.from_checkpoint(t.checkpoint).eval() for name, t in tiers.items()}
     rows = configurations(tiers)
-    prompts = geneval.prompt_set()[: args.limit]
-    timed = [p.text for p in prompts[: args.latency_batch]]
-    per_image = latency(pipes, rows, timed, args.rounds)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.edit:
+        bench, second = "editbench", "untouched PSNR (dB)"
+        make, n_timed, score = editbench_task(args.pairs, args.latency_batch)
+        cases = f"{args.pairs} editbench-mini pairs"
+    else:
+        bench, second = "geneval", "held out"
+        prompts = geneval.prompt_set()[: args.limit]
+        make, n_timed, score = geneval_task(prompts, args.images_per_prompt, args.latency_batch)
+        cases = f"{len(prompts)} prompts x {args.images_per_prompt} images"
+    per_image = latency(pipes, rows, make, n_timed, args.rounds)
     for r in rows:
         pipe = pipes[r["tier"]]
-        passed, _ = score_prompts(pipe, prompts, args.images_per_prompt, r["steps"], r["guidance"], progress=False)
-        summary = geneval.summarize(prompts, passed)
-        held = summary.get("held_out", {}).get("overall")
-        r.update(passes=passes_per_image(pipe, r["steps"], r["guidance"]), geneval=summary["in_distribution"]["overall"],
-                 geneval_held_out=held, latency_s=per_image[r["label"]],
+        main_score, other, summary = score(pipe, r)
+        r.update(passes=passes_per_image(pipe, r["steps"], r["guidance"]), latency_s=per_image[r["label"]],
                  latency_vs_pro=per_image[r["label"]] / per_image["pro"], summary=summary)  # fmt: skip
+        r[bench], r[f"{bench}_{'untouched_psnr_db' if args.edit else 'held_out'}"] = main_score, other
         print(json.dumps({k: v for k, v in r.items() if k != "summary"}), flush=True)
 
     pro = next(r for r in rows if r["label"] == "pro")
-    lines = ["| tier | steps | passes / image | geneval-mini (in dist.) | held out | Δ vs pro | latency / image | vs pro |",
+    title = "editbench-mini" if args.edit else "geneval-mini (in dist.)"
+    lines = [f"| tier | steps | passes / image | {title} | {second} | Δ vs pro | latency / image | vs pro |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in rows:
-        held = "" if r["geneval_held_out"] is None else f"{r['geneval_held_out']:.3f}"
-        lines.append(f"| {r['label']} | {r['steps']} | {r['passes']} | {r['geneval']:.3f} | {held} | "
-                     f"{r['geneval'] - pro['geneval']:+.3f} | {1000 * r['latency_s']:.0f} ms | "
+        other = r[f"{bench}_{'untouched_psnr_db' if args.edit else 'held_out'}"]
+        other = "" if other is None else f"{other:.1f}" if args.edit else f"{other:.3f}"
+        lines.append(f"| {r['label']} | {r['steps']} | {r['passes']} | {r[bench]:.3f} | {other} | "
+                     f"{r[bench] - pro[bench]:+.3f} | {1000 * r['latency_s']:.0f} ms | "
                      f"{r['latency_vs_pro']:.3f}x ({1 / r['latency_vs_pro']:.1f}x faster) |")  # fmt: skip
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/bench_tiers.py " + " ".join(sys.argv[1:])
     machine = f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}"
     record = {"command": command, "date": datetime.date.today().isoformat(), "machine": machine,
-              "prompts": len(prompts), "images_per_prompt": args.images_per_prompt,
-              "latency_batch": len(timed), "rounds": args.rounds, "rows": rows}  # fmt: skip
-    add_record(out / "tiers.json", record)
-    header = f"`{command}` ({record['date']}, {machine}; {len(prompts)} prompts x {args.images_per_prompt} images)\n\n"
-    (out / "tiers.md").write_text(header + "\n".join(lines) + "\n")
+              "benchmark": bench, "cases": cases, "latency_batch": n_timed, "rounds": args.rounds, "rows": rows}  # fmt: skip
+    name = "tiers-edit" if args.edit else "tiers"
+    add_record(out / f"{name}.json", record)
+    header = f"`{command}` ({record['date']}, {machine}; {cases})\n\n"
+    (out / f"{name}.md").write_text(header + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -123,6 +123,15 @@ class Conditioning:
                             rep(self.image_features))
 
 
+def conditioned(transformer, x: Tensor, ids: Tensor, txt: Tensor, txt_ids: Tensor, t: Tensor, y: Tensor,
+                guidance: Tensor | None = None, cond: Conditioning | None = None) -> Tensor:  # fmt: skip
+    """The transformer on noisy target tokens with `cond` composed around it; the target's velocity."""
+    if cond is None:
+        return transformer(x, ids, txt, txt_ids, t, y, guidance)
+    xi, idsi, txti, tidsi = cond.apply(x, ids, txt, txt_ids)
+    return transformer(xi, idsi, txti, tidsi, t, y, guidance)[:, : x.shape[1]]
+
+
 def kontext(latents: list[Tensor], patch: int = 2, offset: int = 1) -> Conditioning:
     """Context images' latents (each `[B, C, h, w]`, any size) -> tokens with ids `(offset * i, row, col)`
     for image i = 1, 2, ... (FLUX.1 Kontext: offset 1; FLUX.2: offset 10)."""

@@ -271,6 +271,18 @@ def shapes_schnell() -> TrainConfig:
                                sample_every=0, val_every=250, val_samples=32, teacher_steps=16)  # fmt: skip
 
 
+def shapes_edit_dev() -> TrainConfig:
+    """Guidance distillation of the edit model into its `dev` tier, on edit pairs (and 20% text to
+    image): `flowfactory distill guidance --teacher flowfactory/assets/shapes-edit.safetensors`."""
+    return dataclasses.replace(shapes_dev(), dataset="edits", t2i_ratio=0.2, steps=600, cooldown=150, val_every=100,
+                               val_samples=32)  # fmt: skip
+
+
+def shapes_edit_schnell() -> TrainConfig:
+    """LADD of the edit model into its few-step `schnell` tier, on edit pairs (and 20% text to image)."""
+    return dataclasses.replace(shapes_schnell(), dataset="edits", t2i_ratio=0.2, steps=200, cooldown=50, val_every=100)
+
+
 def tiny_schnell() -> TrainConfig:
     """LADD at unit-test size."""
     return dataclasses.replace(tiny_shapes(), steps=6, batch_size=4, lr=1e-3, val_every=0, teacher_steps=2,
@@ -323,7 +335,8 @@ RECIPES: dict[str, Callable[[], Recipe]] = {"tiny-shapes": tiny_shapes, "shapes-
                                             "tiny-buckets": tiny_buckets, "tiny-staged": tiny_staged,
                                             "shapes-edit": shapes_edit, "tiny-edits": tiny_edits,
                                             "shapes-dev": shapes_dev, "tiny-dev": tiny_dev, "shapes-dpo": shapes_dpo,
-                                            "shapes-schnell": shapes_schnell, "tiny-schnell": tiny_schnell,
+                                            "shapes-schnell": shapes_schnell, "shapes-edit-dev": shapes_edit_dev,
+                                            "shapes-edit-schnell": shapes_edit_schnell, "tiny-schnell": tiny_schnell,
                                             "shapes-fill": shapes_fill, "shapes-canny-lora": shapes_canny_lora,
                                             "shapes-redux": shapes_redux}  # fmt: skip
 

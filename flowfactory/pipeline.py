@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from flowfactory.checkpoint import load_checkpoint, load_into, save_checkpoint
 from flowfactory import conditioning
-from flowfactory.conditioning import Conditioning, image_ids, inference_micro, pack, text_ids, unpack, with_micro
+from flowfactory.conditioning import (Conditioning, conditioned, image_ids, inference_micro, pack, text_ids, unpack,
+                                     with_micro)  # fmt: skip
 from flowfactory.config import ModelConfig, model_config
 from flowfactory.errors import UserError
 from flowfactory.flow.sampling import SOLVERS, get_schedule, noise_like, true_cfg
@@ -146,10 +147,7 @@ class Pipeline(nn.Module):
 
         def v(x: Tensor, t: float) -> Tensor:
             ts = torch.full((b,), t, device=x.device, dtype=x.dtype)
-            if cond is None:
-                return self.transformer(x, ids, txt, tids, ts, pooled, g)
-            xi, idsi, txti, tidsi = cond.apply(x, ids, txt, tids)
-            return self.transformer(xi, idsi, txti, tidsi, ts, pooled, g)[:, : x.shape[1]]
+            return conditioned(self.transformer, x, ids, txt, tids, ts, pooled, g, cond)
 
         return v
 

@@ -107,7 +107,7 @@ def test_shipped_edit_model_keeps_the_source_scene():
 
 def test_generate_control_uses_the_shipped_control_lora(tmp_path):
     """`generate --control EDGES` with no checkpoint: the base model plus the shipped Control-LoRA;
-    with a tier (another base) and no LoRA: a one-line error, not a traceback."""
+    with a tier (the text-to-image tiers are not control models): a one-line error, not a traceback."""
     import json
 
     from PIL import Image
@@ -124,7 +124,7 @@ def test_generate_control_uses_the_shipped_control_lora(tmp_path):
     assert json.loads(out)["output"] == str(tmp_path / "c.png") and (tmp_path / "c.png").exists()
     rc, _, err = run("generate", "a red circle", "--control", str(tmp_path / "edges.png"), "--tier", "dev",
                      "--steps", "1", "-o", str(tmp_path / "d.png"))  # fmt: skip
-    assert_one_line_error(rc, err, "not a control model")
+    assert_one_line_error(rc, err, "no tiers are shipped")
 
 
 def test_the_server_serves_every_shipped_model():

@@ -8,7 +8,7 @@ from conftest import randomize_
 from flowfactory.config import recipe
 from flowfactory.flow.sampling import true_cfg
 from flowfactory.pipeline import Pipeline, image_ids
-from flowfactory.train.distill import GuidanceDistiller, guidance_student, teacher_cfg_target
+from flowfactory.train.distill import GuidanceDistiller, guidance_student, teacher_cfg_target, teacher_features
 
 
 def teacher():
@@ -71,3 +71,55 @@ def test_ladd_discriminator_learns_teacher_frozen_student_moves(tmp_path):
     for steps in (1, 2, 4):
         images, _ = out.generate(["a red circle"], 16, 16, steps=steps, guidance=1.0)
         assert images.shape == (1, 3, 16, 16)
+
+
+def edit_teacher():
+    pipe = Pipeline.from_config(recipe("tiny-edits").model)
+    randomize_(pipe.transformer, std=0.1)
+    return pipe.eval()
+
+
+def test_edit_target_is_the_teachers_cfg_with_the_context_in_both_branches():
+    tea = edit_teacher()
+    ctx = tea.context([torch.rand(2, 3, 16, 16) * 2 - 1])  # 8x8 latent -> 16 context tokens each
+    x, t, g = torch.randn(2, 16, 16), torch.tensor([0.3, 0.8]), 2.5
+    prompts = ["make the circle blue", "remove the square"]
+    target = teacher_cfg_target(tea, x, image_ids(2, 4, 4), prompts, t, torch.full((2,), g), ctx)
+    without = teacher_cfg_target(tea, x, image_ids(2, 4, 4), prompts, t, torch.full((2,), g))
+    assert not torch.allclose(target, without, atol=1e-3)  # the context matters
+    txt, pooled = tea.encode_text(prompts)
+    txt_u, pooled_u = tea.encode_text(["", ""])
+    v = true_cfg(tea.velocity(txt, pooled, 4, 4, cond=ctx), tea.velocity(txt_u, pooled_u, 4, 4, cond=ctx), g)
+    with torch.no_grad():
+        for i in range(2):
+            assert torch.allclose(v(x, float(t[i]))[i], target[i], atol=1e-5)
+
+
+def test_edit_students_train_on_pairs_and_edit(tmp_path):
+    from flowfactory.train.distill import LADDTrainer
+
+    tea = edit_teacher()
+    dev = GuidanceDistiller(dataclasses.replace(recipe("tiny-edits"), steps=4, val_every=0, t2i_ratio=0.0),
+                            tmp_path / "dev", tea, progress=False)  # fmt: skip
+    b = dev.encode(dev.data.get(0, 0, 2))
+    assert b.cond is not None and b.cond.tokens.shape[1] == 16  # the distiller's batches carry the context
+    dev.fit()
+    base = dataclasses.replace(recipe("tiny-edits"), steps=3, batch_size=2, t2i_ratio=0.0, teacher_steps=2)
+    ladd = LADDTrainer(base, tmp_path / "schnell", tea, progress=False)
+    seen = []
+    real = ladd.teacher_latents
+    ladd.teacher_latents = lambda *a: (seen.append(a[-1]), real(*a))[1]
+    m = ladd.train_step()
+    assert seen[0] is not None and seen[0].tokens.shape[:2] == (2, 16)  # the teacher samples edits of the pair
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ladd.disc.parameters() if p.ndim > 1)
+    assert m["d_loss"] > 0
+    txt, pooled = tea.encode_text(["make it blue"] * 2)
+    feats = teacher_features(tea, torch.randn(2, 16, 16), image_ids(2, 4, 4), txt, pooled, torch.rand(2), seen[0])
+    assert all(f.shape[:2] == (2, 16) for f in feats)  # the discriminator reads the target tokens only
+    ladd.fit()
+    src = torch.rand(1, 3, 16, 16) * 2 - 1
+    for run, steps, g in (("dev", 2, 3.0), ("schnell", 1, 1.0)):
+        ckpt = sorted((tmp_path / run / "checkpoints").glob("*.safetensors"))[-1]
+        out = Pipeline.from_checkpoint(ckpt)
+        images, _ = out.generate(["make it blue"], 16, 16, steps=steps, guidance=g, cond=out.context([src]))
+        assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()

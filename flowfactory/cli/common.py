@@ -13,6 +13,8 @@ DEFAULT_EDIT_CHECKPOINT = ASSETS / "shapes-edit.safetensors"  # Kontext editing
 DEFAULT_FILL_CHECKPOINT = ASSETS / "shapes-fill.safetensors"  # inpainting / outpainting
 DEFAULT_REDUX_CHECKPOINT = ASSETS / "shapes-redux.safetensors"  # image variation
 DEFAULT_CONTROL_LORA = ASSETS / "shapes-canny-lora.safetensors"  # edge-map Control-LoRA on the demo model
+DEFAULT_TIERS = ASSETS / "tiers.json"  # pro / dev / schnell of the text-to-image model
+DEFAULT_EDIT_TIERS = ASSETS / "tiers-edit.json"  # pro / dev / schnell of the edit model
 
 
 def _device_dtype(args):
@@ -63,7 +65,7 @@ def _generation_args(g) -> None:
     g.add_argument("--lora", help="a LoRA file (from training with --lora-rank) to apply to the model")
     g.add_argument("--tier", choices=["pro", "dev", "schnell"],
                    help="a tier of the model (its checkpoint, steps, guidance)")
-    g.add_argument("--tiers", help="tier manifest (default: tiers.json next to the shipped model)")
+    g.add_argument("--tiers", help="tier manifest (default: the shipped model's, tiers.json or tiers-edit.json)")
     g.add_argument("--steps", type=int, help="solver steps (default: the tier's, else 28)")
     g.add_argument("--guidance", type=float,
                    help="guidance scale: embedded for guidance-distilled models, true CFG otherwise (1 = off; "

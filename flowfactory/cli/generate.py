@@ -6,19 +6,22 @@ import json
 import time
 from pathlib import Path
 
-from flowfactory.cli.common import (DEFAULT_CHECKPOINT, DEFAULT_EDIT_CHECKPOINT, DEFAULT_FILL_CHECKPOINT,
-                                    DEFAULT_CONTROL_LORA, DEFAULT_REDUX_CHECKPOINT, _device_dtype, _generation_args)  # fmt: skip
+from flowfactory.cli.common import (DEFAULT_CHECKPOINT, DEFAULT_EDIT_CHECKPOINT, DEFAULT_EDIT_TIERS,
+                                    DEFAULT_FILL_CHECKPOINT, DEFAULT_CONTROL_LORA, DEFAULT_REDUX_CHECKPOINT,
+                                    DEFAULT_TIERS, _device_dtype, _generation_args)  # fmt: skip
 from flowfactory.errors import UserError
 
 
 def _generate(args, default_ckpt: Path, prompt: str, condition=None, size_hint: tuple[int, int] | None = None,
-              allow_empty: bool = False, default_lora: Path | None = None) -> None:  # fmt: skip
+              allow_empty: bool = False, default_lora: Path | None = None,
+              default_tiers: Path | None = None) -> None:  # fmt: skip
     """Shared by generate / edit / fill / vary: load, condition, sample, save, report.
 
     `default_lora` (the shipped Control-LoRA for `--control`) applies when neither `--checkpoint`
     nor `--lora` is given.
     `condition(pipe, height, width) -> Conditioning` builds the image conditioning for the output size;
-    `size_hint` is the default output (height, width) (the input image's, for editing).
+    `size_hint` is the default output (height, width) (the input image's, for editing);
+    `default_tiers` the manifest `--tier` reads when no `--tiers` is given (None: the command has none).
     """
     from flowfactory.images import save_grid, save_image
     from flowfactory.pipeline import Pipeline
@@ -29,7 +32,9 @@ def _generate(args, default_ckpt: Path, prompt: str, condition=None, size_hint: 
     if args.tier:
         from flowfactory.tiers import resolve_tier
 
-        tier = resolve_tier(args.tiers or default_ckpt.parent / "tiers.json", args.tier)
+        if not args.tiers and default_tiers is None:
+            raise UserError("no tiers are shipped for this command: pass --tiers FILE")
+        tier = resolve_tier(args.tiers or default_tiers, args.tier)
         default_ckpt, steps = tier.checkpoint, args.steps or tier.steps
         guidance = tier.guidance if args.guidance is None else args.guidance
     ckpt = Path(args.checkpoint) if args.checkpoint else default_ckpt
@@ -94,7 +99,8 @@ def cmd_generate(args) -> None:
         return pipe.control_condition(_image_for(pipe, args.control, (h, w)))
 
     _generate(args, DEFAULT_CHECKPOINT, args.prompt, control if args.control else None,
-              default_lora=DEFAULT_CONTROL_LORA if args.control else None)
+              default_lora=DEFAULT_CONTROL_LORA if args.control else None,
+              default_tiers=None if args.control else DEFAULT_TIERS)  # fmt: skip
 
 
 def cmd_edit(args) -> None:
@@ -105,7 +111,8 @@ def cmd_edit(args) -> None:
     def condition(pipe, h, w):
         return pipe.context([_image_for(pipe, p) for p in [args.image, *(args.ref or [])]])
 
-    _generate(args, DEFAULT_EDIT_CHECKPOINT, args.instruction, condition, size_hint=source)
+    _generate(args, DEFAULT_EDIT_CHECKPOINT, args.instruction, condition, size_hint=source,
+              default_tiers=DEFAULT_EDIT_TIERS)
 
 
 def cmd_vary(args) -> None:

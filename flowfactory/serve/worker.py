@@ -79,17 +79,18 @@ class ModelSet:
 
     @classmethod
     def shipped(cls, assets: Path, device: str = "cpu") -> "ModelSet":
-        """The shipped demo models: tiers from `tiers.json` when present, else the base model as pro."""
+        """The shipped demo models: the tiers of `tiers.json` (text to image) and `tiers-edit.json`
+        (editing) when present, else each base model as pro."""
         from flowfactory.tiers import load_tiers
 
         ckpts: dict[str, dict] = {}
-        if (assets / "tiers.json").exists():
-            ckpts["t2i"] = {t.name: (str(t.checkpoint), t.steps, t.guidance) for t in load_tiers(assets / "tiers.json").values()}
-        elif (assets / "shapes-demo.safetensors").exists():
-            ckpts["t2i"] = {"pro": (str(assets / "shapes-demo.safetensors"), 28, 3.0)}
-        for kind, name in (("edit", "shapes-edit"), ("fill", "shapes-fill"), ("canny", "shapes-canny"),
-                           ("depth", "shapes-depth")):  # fmt: skip
-            if (assets / f"{name}.safetensors").exists():
+        for kind, manifest in (("t2i", "tiers.json"), ("edit", "tiers-edit.json")):
+            if (assets / manifest).exists():
+                ckpts[kind] = {t.name: (str(t.checkpoint), t.steps, t.guidance)
+                               for t in load_tiers(assets / manifest).values()}  # fmt: skip
+        for kind, name in (("t2i", "shapes-demo"), ("edit", "shapes-edit"), ("fill", "shapes-fill"),
+                           ("canny", "shapes-canny"), ("depth", "shapes-depth")):  # fmt: skip
+            if kind not in ckpts and (assets / f"{name}.safetensors").exists():
                 ckpts[kind] = {"pro": (str(assets / f"{name}.safetensors"), 28, 3.0)}
         lora = assets / "shapes-canny-lora.safetensors"  # the edge-map Control-LoRA on the base model
         if "canny" not in ckpts and lora.exists() and (assets / "shapes-demo.safetensors").exists():

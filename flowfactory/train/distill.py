@@ -7,6 +7,8 @@ For g drawn uniformly from [guidance_min, guidance_max] per sample, the student 
 (Meng et al. 2023): one forward pass per sampling step instead of two. The student starts as a
 copy of the teacher with a new guidance embedding whose output layer is zero, so at the start
 it predicts the teacher's conditional velocity. The teacher (and its text encoder) is frozen.
+An edit (Kontext) teacher distils the same way on edit pairs: both CFG branches see the context
+images (only the instruction is dropped), as when the teacher samples.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
+from flowfactory.conditioning import Conditioning, conditioned
 from flowfactory.config import TrainConfig
 from flowfactory.flow.objectives import interpolate
 from flowfactory.flow.sampling import cfg_combine
@@ -44,12 +47,13 @@ def guidance_student(teacher: Pipeline) -> Pipeline:
 
 @torch.no_grad()
 def teacher_cfg_target(teacher: Pipeline, x_t: Tensor, ids: Tensor, prompts: list[str], t: Tensor,
-                       g: Tensor) -> Tensor:  # fmt: skip
-    """The teacher's classifier-free-guided velocity at per-sample scales `g` `[B]` (two passes)."""
+                       g: Tensor, cond: Conditioning | None = None) -> Tensor:  # fmt: skip
+    """The teacher's classifier-free-guided velocity at per-sample scales `g` `[B]` (two passes;
+    `cond`, e.g. Kontext context tokens, in both)."""
     txt, pooled = teacher.encode_text(prompts)
     txt_u, pooled_u = teacher.encode_text([""] * len(prompts))
-    v_c = teacher.transformer(x_t, ids, txt, text_ids(txt), t, pooled)
-    v_u = teacher.transformer(x_t, ids, txt_u, text_ids(txt_u), t, pooled_u)
+    v_c = conditioned(teacher.transformer, x_t, ids, txt, text_ids(txt), t, pooled, cond=cond)
+    v_u = conditioned(teacher.transformer, x_t, ids, txt_u, text_ids(txt_u), t, pooled_u, cond=cond)
     return cfg_combine(v_c, v_u, g[:, None, None].to(v_c))
 
 
@@ -80,7 +84,7 @@ class GuidanceDistiller(Trainer):
         x_t = interpolate(b.x0, noise, t)
         ids = image_ids(n, b.h, b.w, device=b.x0.device)
         g = self.guidance_scales(n, validation=self.validating).to(b.x0.device)
-        target = teacher_cfg_target(self.teacher, x_t, ids, b.prompts, t, g)
+        target = teacher_cfg_target(self.teacher, x_t, ids, b.prompts, t, g, b.cond)
         with self.autocast:
             pred = self.model(x_t, ids, text, t, g, b.micro, b.cond)
         return (pred.float() - target).square().mean()
@@ -129,18 +133,21 @@ def feature_blocks(flux: Flux) -> list[nn.Module]:
     return [*flux.double_blocks, *list(flux.single_blocks)[1::2]]
 
 
-def teacher_features(teacher: Pipeline, x_t: Tensor, ids: Tensor, txt: Tensor, pooled: Tensor, t: Tensor) -> list[Tensor]:
-    """Image-token features of the frozen teacher at `feature_blocks` (gradients flow to `x_t`)."""
+def teacher_features(teacher: Pipeline, x_t: Tensor, ids: Tensor, txt: Tensor, pooled: Tensor, t: Tensor,
+                     cond: Conditioning | None = None) -> list[Tensor]:  # fmt: skip
+    """Target-token features of the frozen teacher at `feature_blocks` (gradients flow to `x_t`;
+    context tokens of `cond` are seen by the teacher but not returned)."""
     feats: list[Tensor] = []
-    n_txt = txt.shape[1]
+    n_txt = txt.shape[1] + (cond.txt.shape[1] if cond is not None and cond.txt is not None else 0)
+    n = x_t.shape[1]
 
     def grab(module, args, out):
-        feats.append(out[0] if isinstance(out, tuple) else out[:, n_txt:])
+        feats.append(out[0][:, :n] if isinstance(out, tuple) else out[:, n_txt : n_txt + n])
 
     handles = [b.register_forward_hook(grab) for b in feature_blocks(teacher.transformer)]
     try:
         g = torch.ones(x_t.shape[0], device=x_t.device) if teacher.cfg.flux.guidance_embed else None
-        teacher.transformer(x_t, ids, txt, text_ids(txt), t, pooled, g)
+        conditioned(teacher.transformer, x_t, ids, txt, text_ids(txt), t, pooled, g, cond)
     finally:
         for h in handles:
             h.remove()
@@ -148,7 +155,9 @@ def teacher_features(teacher: Pipeline, x_t: Tensor, ids: Tensor, txt: Tensor, p
 
 
 class LADDTrainer(Trainer):
-    """Student (a copy of the teacher) trained adversarially on teacher-generated latents."""
+    """Student (a copy of the teacher) trained adversarially on teacher-generated latents. An edit
+    (Kontext) teacher makes an edit student: the teacher samples, the student and the
+    discriminator's teacher features all see each pair's context images."""
 
     def __init__(self, cfg: TrainConfig, out_dir, teacher: Pipeline, device: str = "cpu", resume: bool = True,
                  progress: bool = True):  # fmt: skip
@@ -170,11 +179,11 @@ class LADDTrainer(Trainer):
         self.d_skipped = 0
         self._val_x0: dict[tuple[str, ...], Tensor] = {}
 
-    def teacher_latents(self, prompts: list[str], step: int, lo: int) -> Tensor:
+    def teacher_latents(self, prompts: list[str], step: int, lo: int, cond: Conditioning | None = None) -> Tensor:
         """Teacher samples for the prompts (the "real" data), seeded by global position."""
         size = self.cfg.image_size
         return self.teacher.sample_tokens(prompts, size, size, steps=self.cfg.teacher_steps,
-                                          guidance=self.cfg.teacher_guidance,
+                                          guidance=self.cfg.teacher_guidance, cond=cond,
                                           seed=self.cfg.seed * 1_000_003 + step * self.cfg.batch_size + lo)  # fmt: skip
 
     def train_step(self) -> dict[str, float]:
@@ -182,8 +191,9 @@ class LADDTrainer(Trainer):
         for group in [*self.opt.param_groups, *self.opt_d.param_groups]:
             group["lr"] = lr_at(self.step, cfg)
         lo = self.env.rank * self.micro
-        prompts = [s.caption for s in self.data.get(self.step, lo, lo + self.micro)]
-        x0 = self.teacher_latents(prompts, self.step, lo).float()
+        b = self.encode(self.data.get(self.step, lo, lo + self.micro))
+        prompts, cond = b.prompts, b.cond
+        x0 = self.teacher_latents(prompts, self.step, lo, cond).float()
         n, side = x0.shape[0], cfg.image_size // cfg.model.stride
         ids = image_ids(n, side, side, device=dev)
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
@@ -194,14 +204,15 @@ class LADDTrainer(Trainer):
             txt, pooled = self.teacher.encode_text(prompts)
         x_t = interpolate(x0, noise, t)
         with self.autocast:
-            v = self.model(x_t, ids, prompts, t, torch.ones(n, device=dev) if cfg.model.flux.guidance_embed else None)
+            v = self.model(x_t, ids, prompts, t, torch.ones(n, device=dev) if cfg.model.flux.guidance_embed else None,
+                           None, cond)  # fmt: skip
         x0_hat = x_t - t[:, None, None] * v.float()
         real = interpolate(x0, n_real, t_hat)
         fake = interpolate(x0_hat, n_fake, t_hat)
 
         # discriminator: hinge loss on detached inputs; skipped while it already wins (collapse guard)
-        d_real = self.disc(teacher_features(self.teacher, real, ids, txt, pooled, t_hat), t_hat, pooled)
-        d_fake = self.disc(teacher_features(self.teacher, fake.detach(), ids, txt, pooled, t_hat), t_hat, pooled)
+        d_real = self.disc(teacher_features(self.teacher, real, ids, txt, pooled, t_hat, cond), t_hat, pooled)
+        d_fake = self.disc(teacher_features(self.teacher, fake.detach(), ids, txt, pooled, t_hat, cond), t_hat, pooled)
         d_loss = torch.relu(1 - d_real).mean() + torch.relu(1 + d_fake).mean()
         d_acc = 0.5 * ((d_real > 0).float().mean() + (d_fake < 0).float().mean()).item()
         self.opt_d.zero_grad(set_to_none=True)
@@ -216,7 +227,7 @@ class LADDTrainer(Trainer):
             self.d_skipped += 1
 
         # generator: fool the discriminator through the frozen teacher's features
-        g_loss = -self.disc(teacher_features(self.teacher, fake, ids, txt, pooled, t_hat), t_hat, pooled).mean()
+        g_loss = -self.disc(teacher_features(self.teacher, fake, ids, txt, pooled, t_hat, cond), t_hat, pooled).mean()
         self.opt.zero_grad(set_to_none=True)
         self.disc.requires_grad_(False)
         g_loss.backward()
@@ -234,10 +245,10 @@ class LADDTrainer(Trainer):
         """Validation: the student's one-step error against teacher samples at the student timesteps."""
         key = tuple(b.prompts)
         if key not in self._val_x0:  # one set of teacher samples for the whole validation set
-            self._val_x0[key] = self.teacher_latents(b.prompts, 0, 0).float()
+            self._val_x0[key] = self.teacher_latents(b.prompts, 0, 0, b.cond).float()
         x0 = self._val_x0[key]
         x_t = interpolate(x0, noise, t)
         ids = image_ids(x0.shape[0], b.h, b.w, device=x0.device)
         g = torch.ones(x0.shape[0], device=x0.device) if self.cfg.model.flux.guidance_embed else None
-        v = self.model(x_t, ids, text, t, g)
+        v = self.model(x_t, ids, text, t, g, None, b.cond)
         return (x_t - t[:, None, None] * v - x0).square().mean()

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from flowfactory.checkpoint import atomic_write, save_checkpoint
-from flowfactory.conditioning import MICRO_FIELDS, Conditioning, control, fill, kontext, with_micro
+from flowfactory.conditioning import MICRO_FIELDS, Conditioning, conditioned, control, fill, kontext, with_micro
 from flowfactory.config import TrainConfig, from_json, to_json
 from flowfactory.data.cache import CachedSource
 from flowfactory.data.sources import Batches, DataOptions, Sample
@@ -58,12 +58,9 @@ class Denoiser(nn.Module):
         `cond`: context tokens / channels around the transformer (the output keeps the target tokens)."""
         txt, pooled = self.text_encoder(text) if isinstance(text, list) else text
         y, tids = with_micro(pooled, micro, self.micro_dim), text_ids(txt)
-        if cond is None:
-            return self.transformer(x_t, ids, txt, tids, t, y, guidance)
-        if cond.image_features is not None:  # Redux: project the image into text tokens (trainable)
+        if cond is not None and cond.image_features is not None:  # Redux: project the image into text tokens
             cond = dataclasses.replace(cond, txt=self.redux(cond.image_features), image_features=None)
-        x, ids, txt, tids = cond.apply(x_t, ids, txt, tids)
-        return self.transformer(x, ids, txt, tids, t, y, guidance)[:, : x_t.shape[1]]
+        return conditioned(self.transformer, x_t, ids, txt, tids, t, y, guidance, cond)
 
 
 @dataclass
