@@ -45,6 +45,29 @@ def test_scorer_rejects_wrong_answers():
     assert not geneval.score(p, analyze(render(swapped)))  # one object in the wrong colour
 
 
+def test_partial_credit_grades_what_the_scene_gets_right():
+    rng = np.random.default_rng(0)
+    for p in geneval.prompt_set()[::7]:  # 1.0 exactly on passing scenes
+        assert geneval.partial_credit(p, analyze(render(geneval.solve(p, rng)))) == 1.0
+    p = next(p for p in geneval.prompt_set() if p.task == "position")
+    scene = geneval.solve(p, rng)
+    a, b = scene.objects
+    mirror = {"cx": 1 - a.cx} if p.relation in ("left of", "right of") else {"cy": 1 - a.cy}
+    b_at = {"cx": 1 - b.cx} if "cx" in mirror else {"cy": 1 - b.cy}
+    swapped = type(scene)(scene.background, (a.__class__(**{**a.__dict__, **mirror}),
+                                             b.__class__(**{**b.__dict__, **b_at})))  # fmt: skip
+    one = type(scene)(scene.background, (a,))
+    wrong = type(scene)(scene.background, (a.__class__(**{**a.__dict__, "shape": "cross" if a.shape != "cross" else "circle"}),))
+    credits = [geneval.partial_credit(p, s) for s in (scene, swapped, one, wrong)]
+    assert credits[0] == 1.0 and credits[0] > credits[1] > credits[2] > credits[3]  # fmt: skip
+    assert credits[1] == 0.75 and credits[2] == 0.25 and credits[3] == 0.0
+    count = next(p for p in geneval.prompt_set() if p.task == "counting" and p.count >= 3)
+    full = geneval.solve(count, rng)
+    fewer = type(full)(full.background, full.objects[:-1])
+    assert geneval.partial_credit(count, full) == 1.0
+    assert geneval.partial_credit(count, fewer) == 0.5 * (count.count - 1) / count.count
+
+
 def test_edit_pairs_in_kontextbench_proportions():
     pairs = edit_set(200)
     counts = collections.Counter(p.category for p in pairs)

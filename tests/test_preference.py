@@ -10,7 +10,8 @@ import torch
 from flowfactory.config import recipe
 from flowfactory.data.shapes import render
 from flowfactory.eval import geneval
-from flowfactory.images import save_image
+from flowfactory.eval.analyzer import analyze
+from flowfactory.images import load_image, save_image
 from flowfactory.pipeline import Pipeline
 from flowfactory.train.preference import DPOTrainer, dpo_loss, judge_pairs
 
@@ -63,3 +64,39 @@ def test_judge_pairs_writes_the_shared_pair_format(tmp_path):
     bench = {p.text for p in geneval.prompt_set()}
     assert json.loads((tmp_path / "judge.json").read_text())["pairs"] == stats["pairs"]
     assert not bench & {json.loads(x)["prompt"] for x in (tmp_path / "pairs.jsonl").read_text().splitlines()}
+
+
+class RenderingPipe:
+    """Stands in for a model: even seeds draw a scene that satisfies the prompt, odd seeds one
+    that keeps only its first object (so samples of a prompt differ in partial credit)."""
+
+    cfg = dataclasses.make_dataclass("Cfg", [("resolution", int)])(64)
+
+    def __init__(self, prompts):
+        self.prompts = {p.text: p for p in prompts}
+
+    def generate(self, texts, h, w, steps, guidance, seed, autocast=None):
+        out = []
+        for j, text in enumerate(texts):
+            p = self.prompts[text]
+            scene = geneval.solve(p, np.random.default_rng(seed + j))
+            if (seed + j) % 2:
+                scene = type(scene)(scene.background, scene.objects[:1])
+            out.append(torch.from_numpy(render(scene, 64)).permute(2, 0, 1).float() / 127.5 - 1)
+        return torch.stack(out), {}
+
+
+def test_graded_judge_pairs_more_and_less_of_the_prompt(tmp_path):
+    """Graded: a prompt whose samples differ in partial credit gives a pair, chosen the sample
+    with more of the prompt satisfied; only the asked tasks' prompts are drawn."""
+    pipe = RenderingPipe(geneval.prompt_set(seed=1001))
+    stats = judge_pairs(pipe, tmp_path, prompts=6, k=2, steps=1, progress=False, graded=True,
+                        tasks=["position", "color_attr"])  # fmt: skip
+    assert set(stats["pass_rate_by_task"]) == {"position", "color_attr"} and stats["graded"]
+    assert stats["pairs"] == 6 and stats["pairs_by_task"] == {"position": 3, "color_attr": 3}
+    for line in (tmp_path / "pairs.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        p = pipe.prompts[rec["prompt"]]
+        chosen, rejected = (analyze(load_image(tmp_path / rec[k])) for k in ("chosen", "rejected"))
+        assert rec["source"] == "analyzer-graded" and rec["margin"] > 0
+        assert geneval.partial_credit(p, chosen) == 1.0 > geneval.partial_credit(p, rejected)

@@ -71,13 +71,17 @@ def cmd_distill(args) -> None:
 def cmd_align(args) -> None:
     from flowfactory.config import recipe
     from flowfactory.pipeline import Pipeline
+    from flowfactory.eval import geneval
     from flowfactory.train import preference
 
     if args.method == "judge":
         device, _ = _device_dtype(args)
         pipe = Pipeline.from_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT).to(device)
+        tasks = args.tasks.split(",") if args.tasks else None
+        if tasks and not set(tasks) <= set(geneval.TASKS):
+            raise UserError(f"--tasks takes geneval tasks ({', '.join(geneval.TASKS)}), got '{args.tasks}'")
         stats = preference.judge_pairs(pipe, args.out, args.prompts, args.samples, args.steps, args.guidance,
-                                       args.seed, progress=not args.json)  # fmt: skip
+                                       args.seed, progress=not args.json, graded=args.graded, tasks=tasks)  # fmt: skip
         print(json.dumps(stats) if args.json else f"{stats['pairs']} pairs from {stats['prompts']} prompts -> "
               f"{args.out}/pairs.jsonl; pass rates {stats['pass_rate_by_task']}")  # fmt: skip
         return
@@ -201,6 +205,9 @@ def register(sub) -> None:
     aj.add_argument("--steps", type=int, default=20)
     aj.add_argument("--guidance", type=float, default=3.0)
     aj.add_argument("--seed", type=int, default=1)
+    aj.add_argument("--graded", action="store_true",
+                    help="pair the samples with the most and least of the prompt satisfied (partial credit)")
+    aj.add_argument("--tasks", help="only these geneval tasks' prompts, comma-separated (e.g. position,color_attr)")
     aj.add_argument("--device", default="cpu")
     aj.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU")
     aj.add_argument("--json", action="store_true")

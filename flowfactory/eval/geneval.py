@@ -142,6 +142,29 @@ def score(p: Prompt, scene: Scene, min_offset: float = MIN_OFFSET) -> bool:
     return False
 
 
+def partial_credit(p: Prompt, scene: Scene, min_offset: float = MIN_OFFSET) -> float:
+    """How much of the prompt the scene satisfies, in [0, 1] (1 exactly when `score` passes): the
+    mean of its parts: each named object present (matched to distinct objects; counting: the
+    share of the count present), the number of objects right, and the relation (if any) holding.
+    A graded judge for preference pairs where exact passes are rare."""
+    objs = scene.objects
+    if p.task == "counting":
+        found = sum(_matches(o, *p.objects[0]) for o in objs)
+        parts = [min(found, p.count) / p.count, float(len(objs) == p.count and found == len(objs))]
+        return sum(parts) / len(parts)
+    size = p.size if len(p.objects) == 1 else None
+    free, found = list(objs), []
+    for color, shape in p.objects:
+        hit = next((o for o in free if _matches(o, color, shape, size)), None)
+        found.append(hit)
+        if hit is not None:
+            free.remove(hit)
+    parts = [float(h is not None) for h in found] + [float(len(objs) == len(p.objects))]
+    if p.relation:
+        parts.append(float(all(h is not None for h in found) and holds(p.relation, found[0], found[1], min_offset)))
+    return 1.0 if score(p, scene, min_offset) else min(sum(parts) / len(parts), 1 - 1e-6)
+
+
 def solve(p: Prompt, rng: np.random.Generator, tries: int = 1000) -> Scene:
     """A scene that satisfies the prompt (for the ground-truth check of the scorer)."""
     named = [(c or str(rng.choice([k for k in COLORS if (k, s) not in HELD_OUT_PAIRS or p.held_out])), s)

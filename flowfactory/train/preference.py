@@ -91,16 +91,20 @@ class DPOTrainer(Trainer):
 
 
 def judge_pairs(pipe: Pipeline, out: str | Path, prompts: int = 200, k: int = 4, steps: int = 20,
-                guidance: float = 3.0, seed: int = 1, batch_size: int = 64, progress: bool = True) -> dict:  # fmt: skip
+                guidance: float = 3.0, seed: int = 1, batch_size: int = 64, progress: bool = True,
+                graded: bool = False, tasks: list[str] | None = None) -> dict:  # fmt: skip
     """The model's own samples judged by the analyzer: a passing and a failing sample of a prompt
-    make a pair. Prompts come from the geneval grammar under another seed, never a benchmark text."""
+    make a pair; `graded`: the samples with the most and the least of the prompt satisfied
+    (`geneval.partial_credit`), when they differ. Prompts come from the geneval grammar under
+    another seed (only `tasks`' if given), never a benchmark text."""
     from flowfactory.eval import geneval
+    from flowfactory.eval.analyzer import analyze
     from flowfactory.eval.run import score_prompts
 
     bench = {p.text for p in geneval.prompt_set()}
     groups: dict[str, list] = {}
     for p in geneval.prompt_set(seed=1000 + seed):
-        if not p.held_out and p.text not in bench:
+        if not p.held_out and p.text not in bench and (tasks is None or p.task in tasks):
             groups.setdefault(p.task, []).append(p)
     # every task represented: take the tasks' prompts in turn (the set is ordered by task)
     pool = [p for group in itertools.zip_longest(*groups.values()) for p in group if p is not None][:prompts]
@@ -111,14 +115,18 @@ def judge_pairs(pipe: Pipeline, out: str | Path, prompts: int = 200, k: int = 4,
     lines, by_task = [], {}
     for i, (p, ok) in enumerate(zip(pool, passed)):
         by_task.setdefault(p.task, []).append(sum(ok) / k)
-        if any(ok) and not all(ok):
-            w, l = i * k + ok.index(True), i * k + ok.index(False)
+        credit = [geneval.partial_credit(p, analyze(images[i * k + j])) if graded else float(v) for j, v in enumerate(ok)]
+        if max(credit) > min(credit):
+            w, l = i * k + credit.index(max(credit)), i * k + credit.index(min(credit))
             for j in (w, l):
                 save_image(images[j], out / "images" / f"{j:06d}.png")
             lines.append(json.dumps({"prompt": p.text, "chosen": f"images/{w:06d}.png", "rejected": f"images/{l:06d}.png",
-                                     "source": "analyzer", "task": p.task}))  # fmt: skip
+                                     "source": "analyzer-graded" if graded else "analyzer", "task": p.task,
+                                     "margin": round(max(credit) - min(credit), 4)}))  # fmt: skip
     (out / "pairs.jsonl").write_text("".join(line + "\n" for line in lines))
-    stats = {"prompts": len(pool), "samples_per_prompt": k, "pairs": len(lines),
+    pairs_by_task = {t: sum(json.loads(line)["task"] == t for line in lines) for t in by_task}
+    stats = {"prompts": len(pool), "samples_per_prompt": k, "graded": graded, "pairs": len(lines),
+             "pairs_by_task": pairs_by_task,
              "pass_rate_by_task": {t: sum(v) / len(v) for t, v in by_task.items()}}  # fmt: skip
     (out / "judge.json").write_text(json.dumps(stats, indent=1))
     return stats
