@@ -84,23 +84,46 @@ def test_shipped_fill_model_repaints_the_mask_and_keeps_the_rest():
     assert np.mean(psnr) >= 24, psnr
 
 
-def test_shipped_edit_model_keeps_the_source_scene():
-    """The Kontext demo model (flowfactory edit's default) on 12 local edits: measured background
-    kept 12/12 and a source colour present 12/12 (exact editbench-mini is still 0.005). An edit
-    model that ignored its context would keep about a third of the backgrounds."""
-    from flowfactory.cli import DEFAULT_EDIT_CHECKPOINT
+def kept_backgrounds_and_colours(pipe, steps: int, guidance: float) -> tuple[int, int]:
+    """Of 12 local edits: results with the source's background, results with a source colour."""
     from flowfactory.data.edits import edit_set
     from flowfactory.data.shapes import render
     from flowfactory.eval.run import edit_image
 
-    assert DEFAULT_EDIT_CHECKPOINT.is_file() and DEFAULT_EDIT_CHECKPOINT.stat().st_size <= 30 * 2**20
-    pipe = Pipeline.from_checkpoint(DEFAULT_EDIT_CHECKPOINT)
     pairs = [p for p in edit_set(200) if p.category == "local"][:12]
     bg = col = 0
     for i, p in enumerate(pairs):
-        scene = analyze(edit_image(pipe, [render(p.source, 64)], p.instruction, 64, 20, 3.0, i))
+        scene = analyze(edit_image(pipe, [render(p.source, 64)], p.instruction, 64, steps, guidance, i))
         bg += scene.background == p.source.background
         col += bool({o.color for o in p.source.objects if o.color} & {o.color for o in scene.objects})
+    return bg, col
+
+
+def test_shipped_edit_model_keeps_the_source_scene():
+    """The Kontext demo model (flowfactory edit's default) on 12 local edits: measured background
+    kept 12/12 and a source colour present 12/12 (exact editbench-mini is still 0.030). An edit
+    model that ignored its context would keep about a third of the backgrounds."""
+    from flowfactory.cli import DEFAULT_EDIT_CHECKPOINT
+
+    assert DEFAULT_EDIT_CHECKPOINT.is_file() and DEFAULT_EDIT_CHECKPOINT.stat().st_size <= 30 * 2**20
+    bg, col = kept_backgrounds_and_colours(Pipeline.from_checkpoint(DEFAULT_EDIT_CHECKPOINT), 20, 3.0)
+    assert bg >= 9, bg
+    assert col >= 8, col
+
+
+@pytest.mark.parametrize("tier", ["dev", "schnell"])
+def test_shipped_edit_tiers_keep_the_source_scene(tier):
+    """The distilled edit tiers (tiers-edit.json, `flowfactory edit --tier`) at their steps and
+    guidance. Measured: dev (28 steps, one pass each) and schnell (4 steps) both keep
+    the background 12/12 and a source colour 12/12."""
+    from flowfactory.cli.common import DEFAULT_EDIT_TIERS
+
+    t = resolve_tier(DEFAULT_EDIT_TIERS, tier)
+    assert t.checkpoint.stat().st_size <= 30 * 2**20
+    pipe = Pipeline.from_checkpoint(t.checkpoint)
+    assert pipe.cfg.flux.guidance_embed == (tier == "dev")
+    assert pipe.cfg.schedule_shift == (tier != "schnell")
+    bg, col = kept_backgrounds_and_colours(pipe, t.steps, t.guidance)
     assert bg >= 9, bg
     assert col >= 8, col
 
@@ -135,6 +158,7 @@ def test_the_server_serves_every_shipped_model():
 
     models = ModelSet.shipped(DEFAULT_CHECKPOINT.parent)
     assert set(models.checkpoints["t2i"]) == {"pro", "dev", "schnell"}
+    assert set(models.checkpoints["edit"]) == {"pro", "dev", "schnell"}
     assert {"edit", "fill", "canny"} <= set(models.checkpoints)
     ran, path, _, _ = models.resolve("canny", "pro")
     assert models.pipeline(path).cfg.channel_cond == "control"

@@ -97,6 +97,9 @@ def test_kontext_and_fill_jobs(tmp_path, checkpoints):
     done = wait(client, key, r.json()["id"])
     assert done["status"] == "Ready"
     assert Image.open(io.BytesIO(client.get(done["result"]["sample"]).content)).size == (341, 256)  # the input's aspect, sides in [256, 1440]
+    r = client.post("/v1/flux-kontext-schnell", json={"prompt": "make it blue", "input_image": b64png()},
+                    headers={"X-Key": key})  # fmt: skip
+    assert wait(client, key, r.json()["id"])["result"]["tier"] == "pro"  # the edit tier this server has
     r = client.post("/v1/flux-pro-1.0-fill", json={"prompt": "a cross", "image": b64png(), "mask": b64png(32, 32)},
                     headers={"X-Key": key})  # fmt: skip
     assert r.status_code == 422 and "mask" in r.json()["detail"]

@@ -41,7 +41,8 @@ from flowfactory.serve.store import Job, JobStore
 ENDPOINTS = {
     "flux-dev": ("t2i", "dev"), "flux-pro": ("t2i", "pro"), "flux-pro-1.1": ("t2i", "pro"),
     "flux-schnell": ("t2i", "schnell"),
-    "flux-kontext-pro": ("edit", "pro"), "flux-pro-1.0-fill": ("fill", "pro"),
+    "flux-kontext-pro": ("edit", "pro"), "flux-kontext-dev": ("edit", "dev"), "flux-kontext-schnell": ("edit", "schnell"),
+    "flux-pro-1.0-fill": ("fill", "pro"),
     "flux-pro-1.0-canny": ("canny", "pro"), "flux-pro-1.0-depth": ("depth", "pro"),
 }  # fmt: skip
 FALLBACK = {"schnell": ["schnell", "dev", "pro"], "dev": ["dev", "pro"], "pro": ["pro"]}
