@@ -75,17 +75,18 @@ def cmd_eval(args) -> None:
         summary = rec["summary"]
         table = run.markdown_table(summary, run.geneval.TASKS)
     elif args.benchmark == "editbench":
-        if args.editor == "model":  # a Kontext checkpoint
+        if args.editor in ("model", "autoencoder"):  # a Kontext checkpoint, or its autoencoder's round trip
             from flowfactory.pipeline import Pipeline
 
             device, _ = _device_dtype(args)
             ckpt = Path(args.checkpoint) if args.checkpoint else DEFAULT_EDIT_CHECKPOINT
             pipe = Pipeline.from_checkpoint(ckpt).to(device)
-            editor = run.kontext_editor(pipe, args.steps, args.guidance)
+            editor = (run.kontext_editor(pipe, args.steps, args.guidance) if args.editor == "model"
+                      else run.autoencoder_editor(pipe))  # fmt: skip
         elif args.editor in run.EDITORS:
             editor = run.EDITORS[args.editor]
         else:
-            raise UserError(f"unknown editor '{args.editor}' (choose from: model, {', '.join(run.EDITORS)})")
+            raise UserError(f"unknown editor '{args.editor}' (choose from: model, autoencoder, {', '.join(run.EDITORS)})")
         rec = run.run_editbench(editor, args.out, n=args.pairs, name=args.editor)
         summary = rec["summary"]
         if args.editor == "model" and args.identity_chains:
@@ -117,8 +118,13 @@ def cmd_eval(args) -> None:
         else:
             summary = run.run_control(pipe, args.out, args.pairs, args.encoder, args.steps, args.guidance)
         table = "\n".join(f"{k}: {v}" for k, v in summary.items())
-    else:  # ground-truth: the scorers on rendered solutions and on noise
-        summary = run.ground_truth_geneval()
+    else:  # ground-truth: the scorers on rendered solutions and on noise (and a model's autoencoder)
+        pipe = None
+        if args.checkpoint:
+            from flowfactory.pipeline import Pipeline
+
+            pipe = Pipeline.from_checkpoint(args.checkpoint).to(_device_dtype(args)[0])
+        summary = run.ground_truth_geneval(pipe=pipe)
         table = "\n".join(f"{k}: " + ", ".join(f"{s} {v[s]['overall']:.3f}" for s in v) for k, v in summary.items())
     print(json.dumps(summary) if args.json else table)
 
@@ -137,7 +143,8 @@ def register(sub) -> None:
     e = sub.add_parser("eval", help="benchmarks on the shapes world: geneval-mini, editbench-mini, scorer checks")
     e.add_argument("benchmark", choices=["geneval", "editbench", "fill", "control", "variation", "ground-truth"],
                    help="geneval: text-to-image of a checkpoint; editbench: an editor; variation: a Redux model "
-                   "(default the shipped one); ground-truth: scorer checks")  # fmt: skip
+                   "(default the shipped one); ground-truth: scorer checks (with --checkpoint: also its "
+                   "autoencoder's round trip of the solutions)")  # fmt: skip
     e.add_argument("--checkpoint", help="model to evaluate (default: the shipped demo model)")
     e.add_argument("--out", default="results", help="directory for the JSON, markdown table and PNG grid")
     e.add_argument("--images-per-prompt", type=int, default=4)
@@ -146,8 +153,9 @@ def register(sub) -> None:
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--limit", type=int, help="only the first N prompts (quick checks)")
     e.add_argument("--editor", default="identity",
-                   help="editbench: model (a Kontext checkpoint, default the shipped edit model), or the baselines "
-                   "ground-truth and identity")  # fmt: skip
+                   help="editbench: model (a Kontext checkpoint, default the shipped edit model), autoencoder "
+                   "(the targets through that model's autoencoder: its ceiling), or the baselines ground-truth and "
+                   "identity")  # fmt: skip
     e.add_argument("--encoder", default="edges", help="control: edges or depth")
     e.add_argument("--lora", help="fill / control: a LoRA file to apply (Control-LoRA)")
     e.add_argument("--captions", action="store_true",

@@ -74,13 +74,35 @@ def score_prompts(pipe, prompts: list, k: int, steps: int, guidance: float, batc
     return passed, kept
 
 
-def ground_truth_geneval(seed: int = 0) -> dict:
-    """Score rendered solutions of every prompt (must be 1.0) and pure noise (must be ~0)."""
+def ground_truth_geneval(seed: int = 0, pipe=None, batch_size: int = 64) -> dict:
+    """Score rendered solutions of every prompt (must be 1.0) and pure noise (must be ~0). With a
+    pipeline, also the solutions round-tripped through its autoencoder ("autoencoder"): the best
+    geneval-mini any transformer on that autoencoder can reach."""
     rng = np.random.default_rng(seed)
     prompts = geneval.prompt_set()
-    truth = [[geneval.score(p, analyze(render(geneval.solve(p, rng))))] for p in prompts]
-    noise = [[geneval.score(p, analyze(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)))] for p in prompts]
-    return {"ground_truth": geneval.summarize(prompts, truth), "noise": geneval.summarize(prompts, noise)}
+    size = pipe.cfg.resolution if pipe is not None else 64
+    solutions = [render(geneval.solve(p, rng), size) for p in prompts]
+    noise = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in prompts]
+
+    def summary(images) -> dict:
+        return geneval.summarize(prompts, [[geneval.score(p, analyze(img))] for p, img in zip(prompts, images)])
+
+    out = {"ground_truth": summary(solutions), "noise": summary(noise)}
+    if pipe is not None:
+        out["autoencoder"] = summary(round_trip(pipe, solutions, batch_size))
+    return out
+
+
+def round_trip(pipe, images: list[np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
+    """uint8 images encoded and decoded by the pipeline's autoencoder (what its latents can hold)."""
+    device = next(pipe.transformer.parameters()).device
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = torch.cat([_tensor(img) for img in images[start : start + batch_size]]).to(device)
+            y = pipe.decode_latents(pipe.encode_images(x)).float().clamp(-1, 1)
+            out += list(((y + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+    return out
 
 
 EDITORS = {
@@ -92,6 +114,16 @@ EDITORS = {
 
 def _tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def autoencoder_editor(pipe):
+    """The target scene round-tripped through a model's autoencoder: the editbench-mini ceiling of
+    any transformer on it."""
+
+    def edit(pair, size: int) -> np.ndarray:
+        return round_trip(pipe, [render(pair.target, size)])[0]
+
+    return edit
 
 
 def kontext_editor(pipe, steps: int = 20, guidance: float = 3.0, seed: int = 0):
