@@ -134,6 +134,10 @@ def test_geneval_runner_writes_reports(tmp_path):
     rec = run_geneval(pipe, tmp_path, images_per_prompt=2, steps=2, batch_size=8, limit=6, progress=False)
     assert set(rec["summary"]) == {"in_distribution"}
     assert len(rec["per_prompt"]) == 6 and all(len(p["passed"]) == 2 for p in rec["per_prompt"])
+    for p in rec["per_prompt"]:  # partial credit is 1 exactly on a pass, and in [0, 1)
+        assert all((c == 1.0) == ok and 0.0 <= c <= 1.0 for c, ok in zip(p["credit"], p["passed"]))
+    assert set(rec["partial_credit"]) == {"in_distribution"}
+    assert "in_distribution (partial credit)" in (tmp_path / "geneval.md").read_text()
     saved = json.loads((tmp_path / "geneval.json").read_text())
     assert saved["summary"] == rec["summary"]
     assert (tmp_path / "geneval.md").read_text().startswith("| task |")

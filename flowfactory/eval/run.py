@@ -41,26 +41,30 @@ def run_geneval(pipe, out: str | Path, images_per_prompt: int = 4, steps: int = 
                 batch_size: int = 64, limit: int | None = None, autocast=None, progress: bool = True) -> dict:  # fmt: skip
     """Generate `images_per_prompt` images per prompt (image j of the run uses seed j) and score them."""
     prompts = geneval.prompt_set()[:limit]
-    passed, kept = score_prompts(pipe, prompts, images_per_prompt, steps, guidance, batch_size, autocast, progress,
-                                 keep=lambda job: job < 32)  # fmt: skip
+    passed, credit, kept = score_prompts(pipe, prompts, images_per_prompt, steps, guidance, batch_size, autocast,
+                                         progress, keep=lambda job: job < 32)  # fmt: skip
     shown = [img for _, img in sorted(kept.items())]
-    summary = geneval.summarize(prompts, passed)
+    summary, partial = geneval.summarize(prompts, passed), geneval.summarize(prompts, credit)
     record = {"benchmark": "geneval-mini", "images_per_prompt": images_per_prompt, "steps": steps,
-              "guidance": guidance, "resolution": pipe.cfg.resolution, "summary": summary,
-              "per_prompt": [{"prompt": p.text, "task": p.task, "held_out": p.held_out, "passed": v}
-                             for p, v in zip(prompts, passed)]}  # fmt: skip
-    write_report(Path(out), "geneval", record, markdown_table(summary, geneval.TASKS), torch.stack(shown) if shown else None)
+              "guidance": guidance, "resolution": pipe.cfg.resolution, "summary": summary, "partial_credit": partial,
+              "per_prompt": [{"prompt": p.text, "task": p.task, "held_out": p.held_out, "passed": v,
+                              "credit": cs}
+                             for p, v, cs in zip(prompts, passed, credit)]}  # fmt: skip
+    columns = {**summary, **{f"{split} (partial credit)": v for split, v in partial.items()}}
+    write_report(Path(out), "geneval", record, markdown_table(columns, geneval.TASKS), torch.stack(shown) if shown else None)
     return record
 
 
 def score_prompts(pipe, prompts: list, k: int, steps: int, guidance: float, batch_size: int = 64, autocast=None,
-                  progress: bool = True, keep=lambda job: False, seed: int = 0) -> tuple[list[list[bool]], dict]:  # fmt: skip
+                  progress: bool = True, keep=lambda job: False, seed: int = 0):  # fmt: skip
     """Generate `k` images per geneval prompt (job j uses seed `seed + j`) and score each with the
-    analyzer; returns the pass lists and {job: image} for the jobs `keep` selects."""
+    analyzer; returns per prompt the pass list and the partial-credit list
+    (`geneval.partial_credit`), and {job: image} for the jobs `keep` selects."""
     from tqdm import tqdm
 
     jobs = [(i, p.text) for i, p in enumerate(prompts) for _ in range(k)]
     passed: list[list[bool]] = [[] for _ in prompts]
+    credit: list[list[float]] = [[] for _ in prompts]
     kept = {}
     size = pipe.cfg.resolution
     for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc="generate+score"):
@@ -68,10 +72,12 @@ def score_prompts(pipe, prompts: list, k: int, steps: int, guidance: float, batc
         images, _ = pipe.generate([t for _, t in batch], size, size, steps=steps, guidance=guidance,
                                   seed=seed + start, autocast=autocast)  # fmt: skip
         for j, ((i, _), img) in enumerate(zip(batch, images), start):
-            passed[i].append(geneval.score(prompts[i], analyze(img)))
+            scene = analyze(img)
+            passed[i].append(geneval.score(prompts[i], scene))
+            credit[i].append(geneval.partial_credit(prompts[i], scene))
             if keep(j):
                 kept[j] = img
-    return passed, kept
+    return passed, credit, kept
 
 
 def ground_truth_geneval(seed: int = 0, pipe=None, batch_size: int = 64) -> dict:

@@ -98,7 +98,6 @@ def judge_pairs(pipe: Pipeline, out: str | Path, prompts: int = 200, k: int = 4,
     (`geneval.partial_credit`), when they differ. Prompts come from the geneval grammar under
     another seed (only `tasks`' if given), never a benchmark text."""
     from flowfactory.eval import geneval
-    from flowfactory.eval.analyzer import analyze
     from flowfactory.eval.run import score_prompts
 
     bench = {p.text for p in geneval.prompt_set()}
@@ -108,14 +107,14 @@ def judge_pairs(pipe: Pipeline, out: str | Path, prompts: int = 200, k: int = 4,
             groups.setdefault(p.task, []).append(p)
     # every task represented: take the tasks' prompts in turn (the set is ordered by task)
     pool = [p for group in itertools.zip_longest(*groups.values()) for p in group if p is not None][:prompts]
-    passed, images = score_prompts(pipe, pool, k, steps, guidance, batch_size, progress=progress,
-                                   keep=lambda job: True, seed=seed * 1_000_000)  # fmt: skip
+    passed, credits, images = score_prompts(pipe, pool, k, steps, guidance, batch_size, progress=progress,
+                                            keep=lambda job: True, seed=seed * 1_000_000)  # fmt: skip
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     lines, by_task = [], {}
-    for i, (p, ok) in enumerate(zip(pool, passed)):
+    for i, (p, ok, partial) in enumerate(zip(pool, passed, credits)):
         by_task.setdefault(p.task, []).append(sum(ok) / k)
-        credit = [geneval.partial_credit(p, analyze(images[i * k + j])) if graded else float(v) for j, v in enumerate(ok)]
+        credit = partial if graded else [float(v) for v in ok]
         if max(credit) > min(credit):
             w, l = i * k + credit.index(max(credit)), i * k + credit.index(min(credit))
             for j in (w, l):
