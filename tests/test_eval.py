@@ -4,13 +4,14 @@ import collections
 import json
 
 import numpy as np
+import torch
 
 from flowfactory.config import tiny
 from flowfactory.data.edits import CATEGORIES, edit_set, sample_clip
 from flowfactory.data.shapes import HELD_OUT_PAIRS, render
 from flowfactory.eval import editbench, geneval
 from flowfactory.eval.analyzer import analyze
-from flowfactory.eval.run import EDITORS, ground_truth_geneval, run_editbench, run_geneval
+from flowfactory.eval.run import EDITORS, ground_truth_geneval, run_editbench, run_geneval, score_prompts
 from flowfactory.pipeline import Pipeline
 
 
@@ -141,3 +142,17 @@ def test_geneval_runner_writes_reports(tmp_path):
     saved = json.loads((tmp_path / "geneval.json").read_text())
     assert saved["summary"] == rec["summary"]
     assert (tmp_path / "geneval.md").read_text().startswith("| task |")
+
+
+def test_geneval_seed_draws_other_noise_for_the_same_prompts(tmp_path):
+    pipe = Pipeline.from_config(tiny())
+    prompts = geneval.prompt_set()[:2]
+
+    def images(seed: int) -> dict:
+        return score_prompts(pipe, prompts, 2, 2, 3.0, batch_size=4, progress=False, keep=lambda j: True, seed=seed)[2]
+
+    first, again, other = images(0), images(0), images(1)
+    assert sorted(first) == [0, 1, 2, 3]
+    assert all(torch.equal(first[j], again[j]) for j in first)
+    assert not any(torch.equal(first[j], other[j]) for j in first)
+    assert run_geneval(pipe, tmp_path, images_per_prompt=1, steps=1, limit=1, progress=False, seed=1)["seed"] == 1

@@ -100,3 +100,19 @@ def test_graded_judge_pairs_more_and_less_of_the_prompt(tmp_path):
         chosen, rejected = (analyze(load_image(tmp_path / rec[k])) for k in ("chosen", "rejected"))
         assert rec["source"] == "analyzer-graded" and rec["margin"] > 0
         assert geneval.partial_credit(p, chosen) == 1.0 > geneval.partial_credit(p, rejected)
+
+
+def test_solution_judge_prefers_the_worlds_rendering_over_a_failing_sample(tmp_path):
+    """Solutions: every prompt with a failing sample gives a pair whose chosen image is the
+    world's rendering of the prompt (it passes) and whose rejected image is the worst sample."""
+    pipe = RenderingPipe(geneval.prompt_set(seed=1001))
+    stats = judge_pairs(pipe, tmp_path, prompts=6, k=2, steps=1, progress=False, solutions=True,
+                        tasks=["two_object", "color_attr"])  # fmt: skip
+    assert stats["solutions"] and stats["pairs"] == 6  # odd seeds drop an object: every prompt has a failure
+    for line in (tmp_path / "pairs.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        p = pipe.prompts[rec["prompt"]]
+        chosen, rejected = (analyze(load_image(tmp_path / rec[k])) for k in ("chosen", "rejected"))
+        assert rec["source"] == "analyzer-solution" and rec["chosen"].startswith("images/solution-")
+        assert geneval.score(p, chosen) and not geneval.score(p, rejected)
+        assert rec["margin"] == round(1.0 - geneval.partial_credit(p, rejected), 4) > 0

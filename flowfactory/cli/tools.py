@@ -71,7 +71,7 @@ def cmd_eval(args) -> None:
         ckpt = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
         pipe = Pipeline.from_checkpoint(ckpt).to(device)
         rec = run.run_geneval(pipe, args.out, args.images_per_prompt, args.steps, args.guidance, args.batch_size,
-                              args.limit, autocast, progress=not args.json)  # fmt: skip
+                              args.limit, autocast, progress=not args.json, seed=args.seed)  # fmt: skip
         summary = rec["summary"]
         table = run.markdown_table(summary, run.geneval.TASKS)
     elif args.benchmark == "editbench":
@@ -152,6 +152,8 @@ def register(sub) -> None:
     e.add_argument("--guidance", type=float, default=3.0)
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--limit", type=int, help="only the first N prompts (quick checks)")
+    e.add_argument("--seed", type=int, default=0,
+                   help="geneval: noise seed (another seed, the same prompts: for seed-averaged comparisons)")
     e.add_argument("--editor", default="identity",
                    help="editbench: model (a Kontext checkpoint, default the shipped edit model), autoencoder "
                    "(the targets through that model's autoencoder: its ceiling), or the baselines ground-truth and "

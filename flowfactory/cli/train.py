@@ -81,7 +81,8 @@ def cmd_align(args) -> None:
         if tasks and not set(tasks) <= set(geneval.TASKS):
             raise UserError(f"--tasks takes geneval tasks ({', '.join(geneval.TASKS)}), got '{args.tasks}'")
         stats = preference.judge_pairs(pipe, args.out, args.prompts, args.samples, args.steps, args.guidance,
-                                       args.seed, progress=not args.json, graded=args.graded, tasks=tasks)  # fmt: skip
+                                       args.seed, progress=not args.json, graded=args.graded, tasks=tasks,
+                                       solutions=args.solutions)  # fmt: skip
         print(json.dumps(stats) if args.json else f"{stats['pairs']} pairs from {stats['prompts']} prompts -> "
               f"{args.out}/pairs.jsonl; pass rates {stats['pass_rate_by_task']}")  # fmt: skip
         return
@@ -207,6 +208,9 @@ def register(sub) -> None:
     aj.add_argument("--seed", type=int, default=1)
     aj.add_argument("--graded", action="store_true",
                     help="pair the samples with the most and least of the prompt satisfied (partial credit)")
+    aj.add_argument("--solutions", action="store_true",
+                    help="chosen: the world's rendering of the prompt; rejected: the model's worst sample when it "
+                    "fails (self-play against the data, for tasks the model rarely passes)")  # fmt: skip
     aj.add_argument("--tasks", help="only these geneval tasks' prompts, comma-separated (e.g. position,color_attr)")
     aj.add_argument("--device", default="cpu")
     aj.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU")

@@ -38,15 +38,18 @@ def write_report(out: Path, name: str, record: dict, table: str, grid: torch.Ten
 
 @torch.no_grad()
 def run_geneval(pipe, out: str | Path, images_per_prompt: int = 4, steps: int = 20, guidance: float = 3.0,
-                batch_size: int = 64, limit: int | None = None, autocast=None, progress: bool = True) -> dict:  # fmt: skip
-    """Generate `images_per_prompt` images per prompt (image j of the run uses seed j) and score them."""
+                batch_size: int = 64, limit: int | None = None, autocast=None, progress: bool = True,
+                seed: int = 0) -> dict:  # fmt: skip
+    """Generate `images_per_prompt` images per prompt and score them; another `seed` draws other
+    noise for the same prompts (seed-averaged comparisons)."""
     prompts = geneval.prompt_set()[:limit]
     passed, credit, kept = score_prompts(pipe, prompts, images_per_prompt, steps, guidance, batch_size, autocast,
-                                         progress, keep=lambda job: job < 32)  # fmt: skip
+                                         progress, keep=lambda job: job < 32, seed=seed)  # fmt: skip
     shown = [img for _, img in sorted(kept.items())]
     summary, partial = geneval.summarize(prompts, passed), geneval.summarize(prompts, credit)
     record = {"benchmark": "geneval-mini", "images_per_prompt": images_per_prompt, "steps": steps,
-              "guidance": guidance, "resolution": pipe.cfg.resolution, "summary": summary, "partial_credit": partial,
+              "guidance": guidance, "seed": seed, "resolution": pipe.cfg.resolution, "summary": summary,
+              "partial_credit": partial,
               "per_prompt": [{"prompt": p.text, "task": p.task, "held_out": p.held_out, "passed": v,
                               "credit": cs}
                              for p, v, cs in zip(prompts, passed, credit)]}  # fmt: skip

@@ -11,7 +11,8 @@ frozen reference (the starting model) give, per pair (Wallace et al. 2023, with 
 
 Lower error on the chosen image than the reference has, relative to the rejected one, lowers
 the loss. Pairs come from `judge_pairs` (the analyzer, the world's ground truth, scores k samples
-per prompt; a passing and a failing sample make a pair) or from the serving feedback export,
+per prompt; a passing and a failing sample make a pair, or with `solutions` the world's own
+rendering of the prompt and the model's worst sample) or from the serving feedback export,
 in the same JSONL format: {"prompt", "chosen", "rejected", "source", ...}, paths relative to it.
 """
 
@@ -23,8 +24,10 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from flowfactory.conditioning import with_micro
@@ -92,11 +95,14 @@ class DPOTrainer(Trainer):
 
 def judge_pairs(pipe: Pipeline, out: str | Path, prompts: int = 200, k: int = 4, steps: int = 20,
                 guidance: float = 3.0, seed: int = 1, batch_size: int = 64, progress: bool = True,
-                graded: bool = False, tasks: list[str] | None = None) -> dict:  # fmt: skip
+                graded: bool = False, tasks: list[str] | None = None, solutions: bool = False) -> dict:  # fmt: skip
     """The model's own samples judged by the analyzer: a passing and a failing sample of a prompt
     make a pair; `graded`: the samples with the most and the least of the prompt satisfied
-    (`geneval.partial_credit`), when they differ. Prompts come from the geneval grammar under
-    another seed (only `tasks`' if given), never a benchmark text."""
+    (`geneval.partial_credit`), when they differ; `solutions`: the world's rendering of the
+    prompt (`geneval.solve`) is chosen over the model's least satisfying sample whenever that
+    sample fails (self-play against the data, for tasks the model rarely passes). Prompts come
+    from the geneval grammar under another seed (only `tasks`' if given), never a benchmark text."""
+    from flowfactory.data.shapes import render
     from flowfactory.eval import geneval
     from flowfactory.eval.run import score_prompts
 
@@ -111,20 +117,30 @@ def judge_pairs(pipe: Pipeline, out: str | Path, prompts: int = 200, k: int = 4,
                                             keep=lambda job: True, seed=seed * 1_000_000)  # fmt: skip
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    source = "analyzer-solution" if solutions else "analyzer-graded" if graded else "analyzer"
+    rng = np.random.default_rng(seed)
     lines, by_task = [], {}
     for i, (p, ok, partial) in enumerate(zip(pool, passed, credits)):
         by_task.setdefault(p.task, []).append(sum(ok) / k)
-        credit = partial if graded else [float(v) for v in ok]
-        if max(credit) > min(credit):
-            w, l = i * k + credit.index(max(credit)), i * k + credit.index(min(credit))
-            for j in (w, l):
-                save_image(images[j], out / "images" / f"{j:06d}.png")
-            lines.append(json.dumps({"prompt": p.text, "chosen": f"images/{w:06d}.png", "rejected": f"images/{l:06d}.png",
-                                     "source": "analyzer-graded" if graded else "analyzer", "task": p.task,
-                                     "margin": round(max(credit) - min(credit), 4)}))  # fmt: skip
+        credit = partial if graded or solutions else [float(v) for v in ok]
+        best = 1.0 if solutions else max(credit)
+        if best > min(credit):
+            l = i * k + credit.index(min(credit))
+            save_image(images[l], out / "images" / f"{l:06d}.png")
+            if solutions:
+                chosen = f"images/solution-{i:06d}.png"
+                Image.fromarray(render(geneval.solve(p, rng), pipe.cfg.resolution)).save(out / chosen)
+            else:
+                w = i * k + credit.index(best)
+                chosen = f"images/{w:06d}.png"
+                save_image(images[w], out / chosen)
+            lines.append(json.dumps({"prompt": p.text, "chosen": chosen, "rejected": f"images/{l:06d}.png",
+                                     "source": source, "task": p.task,
+                                     "margin": round(best - min(credit), 4)}))  # fmt: skip
     (out / "pairs.jsonl").write_text("".join(line + "\n" for line in lines))
     pairs_by_task = {t: sum(json.loads(line)["task"] == t for line in lines) for t in by_task}
-    stats = {"prompts": len(pool), "samples_per_prompt": k, "graded": graded, "pairs": len(lines),
+    stats = {"prompts": len(pool), "samples_per_prompt": k, "graded": graded, "solutions": solutions,
+             "pairs": len(lines),
              "pairs_by_task": pairs_by_task,
              "pass_rate_by_task": {t: sum(v) / len(v) for t, v in by_task.items()}}  # fmt: skip
     (out / "judge.json").write_text(json.dumps(stats, indent=1))
