@@ -125,3 +125,12 @@ def test_serving_commands_refuse_bad_input_with_one_line(tmp_path):
     assert_one_line_error(*run("worker", "--dir", str(tmp_path / "srv"), "--models", str(tmp_path / "bad.json"))[::2],
                           "cannot read the model map")  # fmt: skip
     assert_one_line_error(*run("serve", "--dir", str(tmp_path / "srv"), "--workers", "-1")[::2], "--workers must be")
+
+
+def test_align_judge_refuses_bad_options_before_sampling(tmp_path):
+    out = tmp_path / "pairs"
+    assert_one_line_error(*run("align", "judge", "--out", str(out), "--tasks", "position,shading")[::2],
+                          "--tasks takes geneval tasks")  # fmt: skip
+    rc, _, err = run("align", "judge", "--out", str(out), "--graded", "--solutions")
+    assert rc == 2 and "not allowed with argument --graded" in err
+    assert not out.exists()

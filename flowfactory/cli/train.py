@@ -75,11 +75,11 @@ def cmd_align(args) -> None:
     from flowfactory.train import preference
 
     if args.method == "judge":
-        device, _ = _device_dtype(args)
-        pipe = Pipeline.from_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT).to(device)
         tasks = args.tasks.split(",") if args.tasks else None
         if tasks and not set(tasks) <= set(geneval.TASKS):
             raise UserError(f"--tasks takes geneval tasks ({', '.join(geneval.TASKS)}), got '{args.tasks}'")
+        device, _ = _device_dtype(args)
+        pipe = Pipeline.from_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT).to(device)
         stats = preference.judge_pairs(pipe, args.out, args.prompts, args.samples, args.steps, args.guidance,
                                        args.seed, progress=not args.json, graded=args.graded, tasks=tasks,
                                        solutions=args.solutions)  # fmt: skip
@@ -206,9 +206,10 @@ def register(sub) -> None:
     aj.add_argument("--steps", type=int, default=20)
     aj.add_argument("--guidance", type=float, default=3.0)
     aj.add_argument("--seed", type=int, default=1)
-    aj.add_argument("--graded", action="store_true",
+    judge = aj.add_mutually_exclusive_group()
+    judge.add_argument("--graded", action="store_true",
                     help="pair the samples with the most and least of the prompt satisfied (partial credit)")
-    aj.add_argument("--solutions", action="store_true",
+    judge.add_argument("--solutions", action="store_true",
                     help="chosen: the world's rendering of the prompt; rejected: the model's worst sample when it "
                     "fails (self-play against the data, for tasks the model rarely passes)")  # fmt: skip
     aj.add_argument("--tasks", help="only these geneval tasks' prompts, comma-separated (e.g. position,color_attr)")
