@@ -51,6 +51,8 @@ def latency(pipes: dict, rows: list[dict], make, n: int, rounds: int) -> dict[st
         for r in rows:
             t0 = time.perf_counter()
             make(pipes[r["tier"]], r, rnd)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # the GPU's queued work counts
             if rnd:
                 times[r["label"]].append((time.perf_counter() - t0) / n)
     return {k: statistics.median(v) for k, v in times.items()}
@@ -108,6 +110,7 @@ def main() -> None:
     ap.add_argument("--latency-batch", type=int, default=8, help="prompts per timed batch")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds per configuration")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (latency then includes the copy of images back)")
     args = ap.parse_args()
 
     from flowfactory.eval import geneval
@@ -118,7 +121,7 @@ def main() -> None:
     tiers = load_tiers(args.tiers)
     if "pro" not in tiers:
         sys.exit(f"{args.tiers} has no 'pro' tier to compare against")
-    pipes = {name: Pipeline.from_checkpoint(t.checkpoint).eval() for name, t in tiers.items()}
+    pipes = {name: Pipeline.from_checkpoint(t.checkpoint).to(args.device).eval() for name, t in tiers.items()}
     rows = configurations(tiers)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,6 +155,8 @@ def main() -> None:
                      f"{r['latency_vs_pro']:.3f}x ({1 / r['latency_vs_pro']:.1f}x faster) |")  # fmt: skip
     command = "python benchmarks/bench_tiers.py " + " ".join(sys.argv[1:])
     machine = f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}"
+    if args.device.startswith("cuda"):
+        machine = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
     record = {"command": command, "date": datetime.date.today().isoformat(), "machine": machine,
               "benchmark": bench, "cases": cases, "latency_batch": n_timed, "rounds": args.rounds, "rows": rows}  # fmt: skip
     name = "tiers-edit" if args.edit else "tiers"

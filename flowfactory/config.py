@@ -183,6 +183,7 @@ class TrainConfig:
     max_aspect: float = 2.0  # widest bucket aspect ratio
     random_crop: bool = True  # random crops (recorded as micro-conditioning); else centred
     tombstones: str = ""  # deletion list honoured by every source ("" = the default list)
+    data_workers: int = 0  # worker processes making the coming batches (map-style data; 0: inline)
     t2i_ratio: float = 0.2  # edit-pair data: share of plain text-to-image batches (context dropped)
     guidance_min: float = 1.0  # guidance distillation: scales drawn uniformly from [min, max]
     guidance_max: float = 5.0

@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from helpers_train import short_config
 from safetensors.torch import load_file
 
 from flowfactory.config import tiny_latent, tiny_shapes
+from flowfactory.errors import UserError
 from flowfactory.pipeline import Pipeline
 from flowfactory.train.autoencoder import AETrainConfig, train_autoencoder
 from flowfactory.train.logs import read_metrics
@@ -31,6 +33,11 @@ def test_training_lowers_validation_loss(tmp_path):
     assert images.shape == (1, 3, 16, 16) and torch.equal(images, again)
 
 
+def _same_weights(one, other) -> bool:
+    a, b = _weights(one), _weights(other)
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
 def _weights(trainer):
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
@@ -44,9 +51,31 @@ def test_resume_is_exact(tmp_path):
     resumed = Trainer(cfg, tmp_path / "b", progress=False)
     assert resumed.step == 5
     resumed.fit()
-    a, b = _weights(straight), _weights(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _same_weights(straight, resumed)
     assert all(torch.equal(x, y) for x, y in zip(straight.ema.shadow, resumed.ema.shadow))
+
+
+def test_sigterm_saves_the_state_and_the_run_resumes_exactly(tmp_path):
+    cfg = short_config(ema_decay=0.9, steps=8, checkpoint_every=100)
+    straight = Trainer(cfg, tmp_path / "a", progress=False)
+    straight.fit()
+    stopped = Trainer(cfg, tmp_path / "b", progress=False)
+    step = stopped.train_step
+
+    def preempted_at_3():
+        metrics = step()
+        if stopped.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler sends on preemption
+        return metrics
+
+    stopped.train_step = preempted_at_3
+    stopped.fit()
+    assert stopped.step == 3 and (tmp_path / "b" / "checkpoints" / "step_0000003.safetensors").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is only there while training
+    resumed = Trainer(cfg, tmp_path / "b", progress=False)
+    assert resumed.step == 3
+    resumed.fit()
+    assert _same_weights(straight, resumed)
 
 
 def test_grad_accumulation_matches_full_batch(tmp_path):
@@ -56,6 +85,22 @@ def test_grad_accumulation_matches_full_batch(tmp_path):
     two.fit()
     a, b = _weights(one), _weights(two)
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_data_workers_give_the_same_batches(tmp_path):
+    """Batches made ahead by worker processes are the inline ones, also across a resume and with accumulation."""
+    inline = Trainer(short_config(steps=4, grad_accum=2), tmp_path / "a", progress=False)
+    inline.fit()
+    cfg = short_config(steps=4, grad_accum=2, data_workers=2)
+    ahead = Trainer(cfg, tmp_path / "b", progress=False)
+    ahead.fit(steps=2)
+    ahead = Trainer(cfg, tmp_path / "b", progress=False)
+    assert ahead.step == 2
+    ahead.fit()
+    assert _same_weights(inline, ahead)
+    for bad in ({"data_workers": -1}, {"checkpoint_every": 0}):
+        with pytest.raises(UserError, match="data_workers >= 0 and checkpoint_every >= 1"):
+            Trainer(short_config(**bad), tmp_path / "c", progress=False)
 
 
 def test_bf16_and_latent_model_train(tmp_path):

@@ -30,7 +30,7 @@ def _train_config(args, cfg):
     """A recipe's config with the command line's overrides (shared by train and cache)."""
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "cooldown", "precision", "parallel",
                                               "grad_accum", "image_size", "seed", "tombstones", "lora_rank",
-                                              "lora_targets")
+                                              "lora_targets", "data_workers", "checkpoint_every")
                  if getattr(args, k, None) is not None}  # fmt: skip
     if getattr(args, "data", None):
         overrides["dataset"] = args.data
@@ -91,6 +91,8 @@ def _data_args(p) -> None:
                    "cache:DIR, or a mixture A@0.7+B@0.3)")
     p.add_argument("--buckets", action="store_true", help="aspect-ratio buckets at the training pixel count")
     p.add_argument("--tombstones", help="deletion list honoured by every source (default: the user's list)")
+    p.add_argument("--data-workers", type=int, help="worker processes that make the coming batches while the model "
+                   "trains (map-style data; default 0: in the training process)")
 
 
 def _run_args(p) -> None:
@@ -100,6 +102,7 @@ def _run_args(p) -> None:
     p.add_argument("--batch-size", type=int, help="override: global batch size")
     p.add_argument("--lr", type=float, help="override: peak learning rate")
     p.add_argument("--cooldown", type=int, help="override: linear decay to 0 over the last N steps")
+    p.add_argument("--checkpoint-every", type=int, help="override: steps between checkpoints and saved states")
     _data_args(p)
     _lora_args(p)
     p.add_argument("--no-resume", action="store_true", help="start over even if the run directory has a state")

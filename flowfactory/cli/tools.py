@@ -110,9 +110,10 @@ def cmd_eval(args) -> None:
         device, _ = _device_dtype(args)
         if not args.checkpoint:
             raise UserError(f"eval {args.benchmark} needs --checkpoint (a {args.benchmark} model)")
-        pipe = Pipeline.from_checkpoint(args.checkpoint).to(device)
+        pipe = Pipeline.from_checkpoint(args.checkpoint)
         if args.lora:  # a Control-LoRA widens a plain base first
             pipe = pipe.with_lora(args.lora)
+        pipe = pipe.to(device)
         if args.benchmark == "fill":
             summary = run.run_fill(pipe, args.out, args.pairs, args.steps, args.guidance)
         else:

@@ -171,6 +171,7 @@ def register(sub) -> None:
     t.add_argument("--lr", type=float, help="override: peak learning rate")
     t.add_argument("--cooldown", type=int, help="override: decay the learning rate linearly to 0 over the last N steps")
     t.add_argument("--image-size", type=int, help="override: training resolution")
+    t.add_argument("--checkpoint-every", type=int, help="override: steps between checkpoints and saved states")
     t.add_argument("--precision", choices=["fp32", "bf16"], help="override: fp32 or bf16 autocast")
     t.add_argument("--parallel", choices=["ddp", "fsdp"], help="override: data parallelism under torchrun")
     t.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")

@@ -568,3 +568,73 @@ class Batches:
                 continue
             fresh = False
             buffers.setdefault(s.image.shape[1:] if s.image is not None else s.latent.shape[1:], []).append(s)
+
+
+class _Slices(torch.utils.data.Dataset):
+    """(step, lo, hi) -> that slice of the step's global batch, and the samples skipped making it."""
+
+    def __init__(self, data: Batches):
+        self.data = data
+
+    def __len__(self) -> int:  # endless; the sampler decides what is read
+        return 2**62
+
+    def __getitem__(self, key: tuple[int, int, int]):
+        before = self.data.skipped
+        samples = self.data.get(*key)
+        return key, samples, self.data.skipped - before
+
+
+class _SlicesFrom(torch.utils.data.Sampler):
+    def __init__(self, start: int, slices: list[tuple[int, int]]):
+        self.start, self.slices = start, slices
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            for lo, hi in self.slices:
+                yield step, lo, hi
+            step += 1
+
+
+def _as_is(x):
+    return x
+
+
+class Prefetcher:
+    """Worker processes that make the coming steps' samples while the model trains.
+
+    Serves `get(step, lo, hi)` for map-style sources (a pure function of the step, so the
+    batches are the same as without workers); `slices` are the (lo, hi) this rank reads each
+    step, in order. A request out of that order (a resume, a validation pass) restarts the
+    workers at the asked step. Samples the workers skip are counted in the sources' `skipped`.
+    """
+
+    def __init__(self, data: Batches, workers: int, slices: list[tuple[int, int]], ahead: int = 4):
+        if any(hasattr(s, "stream") for s in data.sources):
+            raise UserError("--data-workers needs map-style data (shapes, edits, folder, cache); streams read inline")
+        self.data, self.workers, self.slices, self.ahead = data, workers, slices, ahead
+        self._it: Iterator | None = None
+        self._next: tuple[int, int, int] | None = None
+
+    def get(self, step: int, lo: int, hi: int) -> list[Sample]:
+        key = (step, lo, hi)
+        if self._it is None or key != self._next:
+            self.close()
+            loader = torch.utils.data.DataLoader(_Slices(self.data), sampler=_SlicesFrom(step, self.slices),
+                                                 batch_size=None, num_workers=self.workers, collate_fn=_as_is,
+                                                 prefetch_factor=self.ahead, persistent_workers=False)  # fmt: skip
+            self._it = iter(loader)
+        got, samples, skipped = next(self._it)
+        if got != key:  # cannot happen unless the sampler and the trainer disagree on the order
+            raise RuntimeError(f"prefetched slice {got} where {key} was asked")
+        if skipped:  # the workers' own copies of the sources counted them
+            self.data.sources[0].skipped.update(skipped)
+        i = self.slices.index((lo, hi))
+        self._next = (step, *self.slices[i + 1]) if i + 1 < len(self.slices) else (step + 1, *self.slices[0])
+        return samples
+
+    def close(self) -> None:
+        if self._it is not None:
+            del self._it  # shuts the workers down
+            self._it = None

@@ -12,7 +12,7 @@ from flowfactory.data.edits import edit_set
 from flowfactory.data.shapes import BACKGROUNDS, _identity, render
 from flowfactory.eval import editbench, geneval
 from flowfactory.eval.analyzer import analyze
-from flowfactory.images import save_grid
+from flowfactory.images import save_grid, to_uint8
 
 
 def markdown_table(summary: dict, tasks: tuple[str, ...]) -> str:
@@ -110,7 +110,7 @@ def round_trip(pipe, images: list[np.ndarray], batch_size: int = 64) -> list[np.
         for start in range(0, len(images), batch_size):
             x = torch.cat([_tensor(img) for img in images[start : start + batch_size]]).to(device)
             y = pipe.decode_latents(pipe.encode_images(x)).float().clamp(-1, 1)
-            out += list(((y + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+            out += list(to_uint8(y))
     return out
 
 
@@ -150,7 +150,7 @@ def edit_image(pipe, images: list[np.ndarray], instruction: str, size: int, step
                seed: int) -> np.ndarray:  # fmt: skip
     cond = pipe.context([_tensor(im) for im in images])
     out, _ = pipe.generate([instruction], size, size, steps=steps, guidance=guidance, seed=seed, cond=cond)
-    return ((out[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    return to_uint8(out[:1])[0]
 
 
 def character_identity(pipe, chains: int = 20, turns: int = 5, size: int = 64, steps: int = 20,
@@ -248,13 +248,13 @@ def run_fill(pipe, out: str | Path, n: int = 100, steps: int = 20, guidance: flo
         out_imgs, _ = pipe.generate([c for _, c, _ in chunk], size, size, steps=steps, guidance=guidance,
                                     seed=seed + start, cond=cond)  # fmt: skip
         for (scene, _, i), img, m, s in zip(chunk, out_imgs, masks, src):
-            arr = ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+            arr = to_uint8(img[None])[0]
             passed.append(fill_passes(scene, i, arr))
             keep = m == 0
             mse = ((arr[keep].astype(np.float64) - s[keep]) ** 2).mean()
             psnr.append(float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse)))
             if len(shown) < 16:
-                shown += [torch.from_numpy(s * (1 - m[..., None]).astype(np.uint8)).permute(2, 0, 1), img]
+                shown += [torch.from_numpy(s * (1 - m[..., None]).astype(np.uint8)).permute(2, 0, 1), img.cpu()]
     finite = [p for p in psnr if np.isfinite(p)]
     summary = {"cases": n, "masked_object_accuracy": float(np.mean(passed)),
                "unmasked_psnr_db": float(np.mean(finite)) if finite else float("inf")}  # fmt: skip
@@ -281,11 +281,11 @@ def run_control(pipe, out: str | Path, n: int = 100, encoder: str = "edges", ste
         out_imgs, _ = pipe.generate([c for _, c, _ in chunk], size, size, steps=steps, guidance=guidance,
                                     seed=seed + start, cond=cond)  # fmt: skip
         for (scene, _, _), img, c in zip(chunk, out_imgs, ctl):
-            arr = ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+            arr = to_uint8(img[None])[0]
             placed.append(control_passes(scene, arr, identity=False))
             exact.append(placed[-1] and control_passes(scene, arr))
             if len(shown) < 16:
-                shown += [torch.from_numpy(c).permute(2, 0, 1).float() / 127.5 - 1, img]
+                shown += [torch.from_numpy(c).permute(2, 0, 1).float() / 127.5 - 1, img.cpu()]
     summary = {"cases": n, "encoder": encoder, "positions_followed": float(np.mean(placed)),
                "positions_and_identity": float(np.mean(exact))}  # fmt: skip
     write_report(Path(out), f"control-{encoder}", {"benchmark": "control-mini", "steps": steps, "guidance": guidance,
@@ -325,11 +325,11 @@ def run_variation(pipe, out: str | Path, n: int = 100, steps: int = 20, guidance
         prompts = [c if captions else "" for _, c, _ in chunk]
         out_imgs, _ = pipe.generate(prompts, size, size, steps=steps, guidance=guidance, seed=seed + start, cond=cond)
         for (scene, _, _), img, ref in zip(chunk, out_imgs, images):
-            arr = ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+            arr = to_uint8(img[None])[0]
             for k, v in variation_kept(scene, arr).items():
                 kept[k].append(v)
             if len(shown) < 16:
-                shown += [ref, img]
+                shown += [ref, img.cpu()]
     summary = {"cases": n, "conditioning": "caption" if captions else "image",
                **{k: float(np.mean(v)) for k, v in kept.items()}}  # fmt: skip
     write_report(Path(out), "variation", {"benchmark": "variation-mini", "steps": steps, "guidance": guidance,

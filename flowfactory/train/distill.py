@@ -191,7 +191,7 @@ class LADDTrainer(Trainer):
         for group in [*self.opt.param_groups, *self.opt_d.param_groups]:
             group["lr"] = lr_at(self.step, cfg)
         lo = self.env.rank * self.micro
-        b = self.encode(self.data.get(self.step, lo, lo + self.micro))
+        b = self.encode(self.samples(self.step, lo, lo + self.micro))
         prompts, cond = b.prompts, b.cond
         x0 = self.teacher_latents(prompts, self.step, lo, cond).float()
         n, side = x0.shape[0], cfg.image_size // cfg.model.stride

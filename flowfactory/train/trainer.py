@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from flowfactory.checkpoint import atomic_write, save_checkpoint
 from flowfactory.conditioning import MICRO_FIELDS, Conditioning, conditioned, control, fill, kontext, with_micro
 from flowfactory.config import TrainConfig, from_json, to_json
 from flowfactory.data.cache import CachedSource
-from flowfactory.data.sources import Batches, DataOptions, Sample
+from flowfactory.data.sources import Batches, DataOptions, Prefetcher, Sample
 from flowfactory.errors import UserError
 from flowfactory.flow.objectives import drop_text, flux_mu, interpolate, rectified_flow_loss, sample_timesteps
 from flowfactory.images import save_grid
@@ -116,6 +118,37 @@ class EMA:
             s.copy_(p.detach())
 
 
+class StopRequest:
+    """SIGTERM (a scheduler's preemption, `kill`) asks the run to stop after the current step.
+
+    Installed while `fit` runs in the main thread; under torchrun the ranks agree (any rank's
+    request stops all of them at the same step), so the saved state is whole.
+    """
+
+    def __init__(self):
+        self.asked = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._ask)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+    def _ask(self, signum, frame) -> None:
+        self.asked = True
+
+    def now(self, env: D.DistEnv) -> bool:
+        if not env.distributed:
+            return self.asked
+        flag = torch.tensor(float(self.asked), device=env.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Warmup-stable-decay: linear warmup, constant, then (if `cooldown`) linear decay to 0 at `steps`."""
     scale = min(1.0, (step + 1) / max(1, cfg.warmup))
@@ -135,6 +168,9 @@ class Trainer:
             raise UserError(
                 f"batch_size {cfg.batch_size} is not divisible by ranks x grad_accum = {self.env.world * cfg.grad_accum}"
             )
+        if cfg.data_workers < 0 or cfg.checkpoint_every < 1:
+            raise UserError(f"need data_workers >= 0 and checkpoint_every >= 1, got {cfg.data_workers} and "
+                            f"{cfg.checkpoint_every}")  # fmt: skip
         self.micro = cfg.batch_size // (self.env.world * cfg.grad_accum)
         self.pipe = init or Pipeline.from_config(cfg.model, seed=cfg.seed)
         self.pipe.check_size(cfg.image_size, cfg.image_size)
@@ -150,6 +186,9 @@ class Trainer:
 
         opts = DataOptions.of(cfg)
         self.data = Batches(cfg.dataset, opts, cfg.batch_size, self.env.rank, self.env.world)
+        starts = [(m * self.env.world + self.env.rank) * self.micro for m in range(cfg.grad_accum)]
+        slices = [(lo, lo + self.micro) for lo in starts]
+        self.prefetch = Prefetcher(self.data, cfg.data_workers, slices) if cfg.data_workers else None
         self.val_batch = min(cfg.val_samples, 64)
         val_opts = dataclasses.replace(opts, seed=cfg.seed + VAL_SEED_OFFSET, length=cfg.val_samples)
         self.val_data = Batches(cfg.dataset, val_opts, self.val_batch) if cfg.val_every else None
@@ -218,10 +257,14 @@ class Trainer:
                             f"but the data gives {has or 'none'}")  # fmt: skip
         return batch
 
+    def samples(self, step: int, lo: int, hi: int) -> list[Sample]:
+        """This rank's samples [lo, hi) of the step's global batch (made ahead by workers if any)."""
+        return (self.prefetch or self.data).get(step, lo, hi)
+
     def batch(self, step: int, micro: int) -> tuple[Batch, list[str] | tuple[Tensor, Tensor], Tensor, Tensor]:
         """This rank's micro-batch -> batch, text (CFG dropout applied), noise, t; seeded per global position."""
         lo = (micro * self.env.world + self.env.rank) * self.micro
-        b = self.encode(self.data.get(step, lo, lo + self.micro))
+        b = self.encode(self.samples(step, lo, lo + self.micro))
         self.buckets_seen[f"{int(b.micro[0, 4])}x{int(b.micro[0, 5])}"] += len(b.prompts)
         self.last_micro = b.micro.mean(0).tolist()
         noise, ts, dropped = [], [], []
@@ -364,23 +407,33 @@ class Trainer:
             logger.log({"step": 0, "val_loss": self.validation_loss()})
         logger.log({"step": self.step, "data": cfg.dataset, "bucket_histogram": self.data.histogram()})
         t0, last = time.perf_counter(), self.step
-        while self.step < stop:
-            metrics = self.train_step()
-            metrics["step"] = self.step
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-            if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == stop):
-                metrics["val_loss"] = self.validation_loss()
-            if self.step % cfg.log_every == 0 or "val_loss" in metrics or self.step == stop:
-                metrics["steps_per_s"] = (self.step - last) / (time.perf_counter() - t0)
-                logger.log(metrics)
-                t0, last = time.perf_counter(), self.step
-            if cfg.sample_every and self.step % cfg.sample_every == 0:
-                self.sample_grid()
-            if self.step % cfg.checkpoint_every == 0 or self.step == stop:
-                self.export()
-                self.save_state()
+        with StopRequest() as request:
+            while self.step < stop:
+                metrics = self.train_step()
+                metrics["step"] = self.step
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                interrupted = request.now(self.env)
+                last_step = self.step == stop or interrupted
+                if cfg.val_every and (self.step % cfg.val_every == 0 or last_step):
+                    metrics["val_loss"] = self.validation_loss()
+                if self.step % cfg.log_every == 0 or "val_loss" in metrics or last_step:
+                    metrics["steps_per_s"] = (self.step - last) / (time.perf_counter() - t0)
+                    logger.log(metrics)
+                    t0, last = time.perf_counter(), self.step
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self.sample_grid()
+                if self.step % cfg.checkpoint_every == 0 or last_step:
+                    self.export()
+                    self.save_state()
+                if interrupted:
+                    logger.log({"step": self.step, "stopped": "SIGTERM: state saved; rerun the command to resume"})
+                    if self.env.is_main:
+                        print(f"stopped by SIGTERM at step {self.step}; state saved in {self.out}, rerun to resume")
+                    break
         bar.close()
+        if self.prefetch:
+            self.prefetch.close()
         skipped = self.data.skipped
         logger.log({"step": self.step, "buckets_seen": dict(self.buckets_seen), "skipped": dict(skipped)})
         if skipped and self.env.is_main:
