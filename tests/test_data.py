@@ -18,7 +18,8 @@ from flowfactory.config import recipe, tiny_latent
 from flowfactory.data.buckets import BucketPlan, make_buckets, nearest_bucket
 from flowfactory.data.cache import CachedSource, build_cache
 from flowfactory.data.curate import CurateOptions, curate
-from flowfactory.data.sources import Batches, DataOptions, ImageFolder, parse_spec
+from flowfactory.data.batches import Batches
+from flowfactory.data.sources import DataOptions, ImageFolder, parse_spec
 from flowfactory.data.tombstones import Tombstones, content_hash
 from flowfactory.checkpoint import load_checkpoint
 from flowfactory.errors import UserError

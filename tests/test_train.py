@@ -38,6 +38,15 @@ def _same_weights(one, other) -> bool:
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _interrupted_run(cfg, out, first: int) -> Trainer:
+    """Train `first` steps, then finish in a new Trainer resumed from the run directory."""
+    Trainer(cfg, out, progress=False).fit(steps=first)
+    resumed = Trainer(cfg, out, progress=False)
+    assert resumed.step == first
+    resumed.fit()
+    return resumed
+
+
 def _weights(trainer):
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
@@ -46,11 +55,7 @@ def test_resume_is_exact(tmp_path):
     cfg = short_config(ema_decay=0.9, steps=10)
     straight = Trainer(cfg, tmp_path / "a", progress=False)
     straight.fit()
-    half = Trainer(cfg, tmp_path / "b", progress=False)
-    half.fit(steps=5)
-    resumed = Trainer(cfg, tmp_path / "b", progress=False)
-    assert resumed.step == 5
-    resumed.fit()
+    resumed = _interrupted_run(cfg, tmp_path / "b", 5)
     assert _same_weights(straight, resumed)
     assert all(torch.equal(x, y) for x, y in zip(straight.ema.shadow, resumed.ema.shadow))
 
@@ -91,12 +96,7 @@ def test_data_workers_give_the_same_batches(tmp_path):
     """Batches made ahead by worker processes are the inline ones, also across a resume and with accumulation."""
     inline = Trainer(short_config(steps=4, grad_accum=2), tmp_path / "a", progress=False)
     inline.fit()
-    cfg = short_config(steps=4, grad_accum=2, data_workers=2)
-    ahead = Trainer(cfg, tmp_path / "b", progress=False)
-    ahead.fit(steps=2)
-    ahead = Trainer(cfg, tmp_path / "b", progress=False)
-    assert ahead.step == 2
-    ahead.fit()
+    ahead = _interrupted_run(short_config(steps=4, grad_accum=2, data_workers=2), tmp_path / "b", 2)
     assert _same_weights(inline, ahead)
     for bad in ({"data_workers": -1}, {"checkpoint_every": 0}):
         with pytest.raises(UserError, match="data_workers >= 0 and checkpoint_every >= 1"):

@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from flowfactory.checkpoint import save_checkpoint
 from flowfactory.config import ModelConfig
-from flowfactory.data.sources import Batches, DataOptions
+from flowfactory.data.batches import Batches
+from flowfactory.data.sources import DataOptions
 from flowfactory.errors import UserError
 from flowfactory.images import save_grid
 from flowfactory.models.autoencoder import AutoEncoder

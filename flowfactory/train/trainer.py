@@ -30,7 +30,8 @@ from flowfactory.checkpoint import atomic_write, save_checkpoint
 from flowfactory.conditioning import MICRO_FIELDS, Conditioning, conditioned, control, fill, kontext, with_micro
 from flowfactory.config import TrainConfig, from_json, to_json
 from flowfactory.data.cache import CachedSource
-from flowfactory.data.sources import Batches, DataOptions, Prefetcher, Sample
+from flowfactory.data.batches import Batches, Prefetcher
+from flowfactory.data.sources import DataOptions, Sample
 from flowfactory.errors import UserError
 from flowfactory.flow.objectives import drop_text, flux_mu, interpolate, rectified_flow_loss, sample_timesteps
 from flowfactory.images import save_grid
