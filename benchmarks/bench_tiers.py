@@ -10,12 +10,18 @@ to `pro`'s.
 
     python benchmarks/bench_tiers.py --tiers flowfactory/assets/tiers.json --out benchmarks/results/tiers
     python benchmarks/bench_tiers.py --edit --tiers flowfactory/assets/tiers-edit.json --out benchmarks/results/tiers
+
+When only some tiers changed, `--reuse-scores benchmarks/results/tiers/tiers.json --reuse-rows pro,dev`
+takes those rows' scores from that file's latest record (same benchmark, cases, steps and guidance,
+and, where the record has them, the same checkpoint hashes; anything else is refused) and
+scores the rest; latency is always timed afresh for every row. The record names what it reused.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import platform
 import statistics
@@ -41,6 +47,39 @@ def configurations(tiers: dict) -> list[dict]:
 def passes_per_image(pipe, steps: int, guidance: float) -> int:
     """Transformer forward passes: one per step, two with true CFG (no guidance embedding, g != 1)."""
     return steps * (1 if pipe.cfg.flux.guidance_embed or guidance == 1.0 else 2)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def reused_scores(path: str, labels: list[str], rows: list[dict], bench: str, cases: str) -> dict[str, dict]:
+    """The rows named in `labels` from the latest record of results file `path`, checked to be
+    the same measurement (benchmark, cases, steps, guidance, checkpoint hash where recorded)."""
+    try:
+        record = json.loads(Path(path).read_text())[-1]
+    except (OSError, ValueError, IndexError, KeyError) as e:
+        sys.exit(f"--reuse-scores {path}: not a results file ({e})")
+    if record.get("benchmark") != bench or record.get("cases") != cases:
+        sys.exit(f"--reuse-scores {path}: measured {record.get('benchmark')} on {record.get('cases')}, "
+                 f"not {bench} on {cases}")  # fmt: skip
+    old, now = {r["label"]: r for r in record["rows"]}, {r["label"]: r for r in rows}
+    out = {}
+    for label in labels:
+        if label not in old or label not in now:
+            sys.exit(f"--reuse-rows: '{label}' is not a row of both {path} and this run")
+        a, b = old[label], now[label]
+        if (a["steps"], a["guidance"]) != (b["steps"], b["guidance"]):
+            sys.exit(f"--reuse-rows: '{label}' ran {a['steps']} steps at guidance {a['guidance']} there, "
+                     f"{b['steps']} at {b['guidance']} here")  # fmt: skip
+        if a.get("checkpoint_sha256") not in (None, b["checkpoint_sha256"]):
+            sys.exit(f"--reuse-rows: '{label}' has another checkpoint than in {path}")
+        out[label] = {**a, "date": record.get("date")}
+    return out
 
 
 def latency(pipes: dict, rows: list[dict], make, n: int, rounds: int) -> dict[str, float]:
@@ -111,7 +150,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds per configuration")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (latency then includes the copy of images back)")
+    ap.add_argument("--reuse-scores", metavar="FILE", help="a previous tiers JSON to take --reuse-rows' scores from")
+    ap.add_argument("--reuse-rows", default="", help="comma-separated rows (pro,dev) whose checkpoints did not change")
     args = ap.parse_args()
+    if bool(args.reuse_scores) != bool(args.reuse_rows):
+        sys.exit("--reuse-scores and --reuse-rows go together")
 
     from flowfactory.eval import geneval
     from flowfactory.pipeline import Pipeline
@@ -134,13 +177,24 @@ def main() -> None:
         prompts = geneval.prompt_set()[: args.limit]
         make, n_timed, score = geneval_task(prompts, args.images_per_prompt, args.latency_batch)
         cases = f"{len(prompts)} prompts x {args.images_per_prompt} images"
+    for r in rows:
+        r["checkpoint_sha256"] = file_sha256(tiers[r["tier"]].checkpoint)
+    reused = {}
+    if args.reuse_scores:
+        reused = reused_scores(args.reuse_scores, args.reuse_rows.split(","), rows, bench, cases)
     per_image = latency(pipes, rows, make, n_timed, args.rounds)
+    second_key = f"{bench}_{'untouched_psnr_db' if args.edit else 'held_out'}"
     for r in rows:
         pipe = pipes[r["tier"]]
-        main_score, other, summary = score(pipe, r)
+        if r["label"] in reused:
+            old = reused[r["label"]]
+            main_score, other, summary = old[bench], old[second_key], old["summary"]
+            r["score_from"] = f"{args.reuse_scores} ({old.get('date', 'undated')} record)"
+        else:
+            main_score, other, summary = score(pipe, r)
         r.update(passes=passes_per_image(pipe, r["steps"], r["guidance"]), latency_s=per_image[r["label"]],
                  latency_vs_pro=per_image[r["label"]] / per_image["pro"], summary=summary)  # fmt: skip
-        r[bench], r[f"{bench}_{'untouched_psnr_db' if args.edit else 'held_out'}"] = main_score, other
+        r[bench], r[second_key] = main_score, other
         print(json.dumps({k: v for k, v in r.items() if k != "summary"}), flush=True)
 
     pro = next(r for r in rows if r["label"] == "pro")
@@ -162,6 +216,8 @@ def main() -> None:
     name = "tiers-edit" if args.edit else "tiers"
     add_record(out / f"{name}.json", record)
     header = f"`{command}` ({record['date']}, {machine}; {cases})\n\n"
+    if reused:
+        header += f"Scores of {', '.join(reused)} from {args.reuse_scores}; every latency timed in this run.\n\n"
     (out / f"{name}.md").write_text(header + "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -76,21 +76,25 @@ declare -A pids
 "${P2[@]}" "${FF[@]}" distill guidance --teacher "$R/pro.safetensors" --recipe shapes-dev --out "$R/dev" --steps "$DEV_STEPS" \
     --cooldown $((DEV_STEPS / 5)) --data-workers 3 "${common[@]}" >"$R/dev.log" 2>&1 &
 pids[dev]=$!
-"${P2[@]}" "${FF[@]}" distill ladd --teacher "$R/pro.safetensors" --recipe shapes-schnell --out "$R/schnell" \
-    --steps "$SCHNELL_STEPS" --cooldown $((SCHNELL_STEPS / 4)) --data-workers 2 "${common[@]}" >"$R/schnell.log" 2>&1 &
-pids[schnell]=$!
 "${P2[@]}" "${FF[@]}" train --recipe shapes-canny-lora --init "$R/pro.safetensors" --out "$R/canny" --steps "$CANNY_STEPS" \
     --cooldown $((CANNY_STEPS / 5)) --batch-size 64 --data-workers 4 --checkpoint-every 2000 "${common[@]}" \
     >"$R/canny.log" 2>&1 &
 pids[canny]=$!
+wait "${pids[dev]}" || log "dev: FAILED (see $R/dev.log)"
+cp "$(last_checkpoint "$R/dev")" "$R/dev.safetensors"
+# schnell starts from the dev tier (one pass per step at the teacher's guidance scale)
+"${P2[@]}" "${FF[@]}" distill ladd --teacher "$R/pro.safetensors" --student "$R/dev.safetensors" --recipe shapes-schnell \
+    --out "$R/schnell" --steps "$SCHNELL_STEPS" --cooldown $((SCHNELL_STEPS / 4)) --d-lr-mult 10 --t-hat-mean 0 \
+    --data-workers 2 "${common[@]}" >"$R/schnell.log" 2>&1 &
+pids[schnell]=$!
 for job in "${!pids[@]}"; do wait "${pids[$job]}" || log "$job: FAILED (see $R/$job.log)"; done
-cp "$(last_checkpoint "$R/dev")" "$R/dev.safetensors" && cp "$(last_checkpoint "$R/schnell")" "$R/schnell.safetensors"
+cp "$(last_checkpoint "$R/schnell")" "$R/schnell.safetensors"
 cp "$(ls "$R"/canny/checkpoints/lora_step_*.safetensors | sort | tail -1)" "$R/canny-lora.safetensors"
 cat >"$R/tiers.json" <<'EOF'
 {"model": "shapes-demo",
  "tiers": {"pro": {"checkpoint": "pro.safetensors", "steps": 28, "guidance": 3.0},
            "dev": {"checkpoint": "dev.safetensors", "steps": 28, "guidance": 3.0},
-           "schnell": {"checkpoint": "schnell.safetensors", "steps": 4, "guidance": 1.0}}}
+           "schnell": {"checkpoint": "schnell.safetensors", "steps": 4, "guidance": 3.0}}}
 EOF
 touch "$R/phase2.done"
 log "phase 2 done"

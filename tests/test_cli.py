@@ -134,3 +134,13 @@ def test_align_judge_refuses_bad_options_before_sampling(tmp_path):
     rc, _, err = run("align", "judge", "--out", str(out), "--graded", "--solutions")
     assert rc == 2 and "not allowed with argument --graded" in err
     assert not out.exists()
+
+
+def test_ladd_refuses_a_student_of_another_architecture(tiny_ckpt, tmp_path):
+    out = tmp_path / "schnell"
+    rc, _, err = run("distill", "ladd", "--teacher", str(tiny_ckpt), "--out", str(out), "--student",
+                     "flowfactory/assets/shapes-demo-dev.safetensors")  # fmt: skip
+    assert_one_line_error(rc, err, "not the teacher's architecture")
+    assert_one_line_error(*run("distill", "ladd", "--teacher", str(tiny_ckpt), "--out", str(out), "--d-lr-mult",
+                               "0")[::2], "--d-lr-mult must be positive")  # fmt: skip
+    assert not out.exists()

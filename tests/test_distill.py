@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import pytest
 import torch
 
 from conftest import randomize_
@@ -58,9 +59,11 @@ def test_ladd_discriminator_learns_teacher_frozen_student_moves(tmp_path):
 
     tea = teacher()
     before = {k: v.clone() for k, v in tea.state_dict().items()}
-    tr = LADDTrainer(recipe("tiny-schnell"), tmp_path, tea, progress=False)
+    tr = LADDTrainer(dataclasses.replace(recipe("tiny-schnell"), ladd_d_lr_mult=10.0), tmp_path, tea, progress=False)
     student0 = {k: v.clone() for k, v in tr.pipe.transformer.state_dict().items()}
     m = tr.train_step()
+    lr_g, lr_d = tr.opt.param_groups[0]["lr"], tr.opt_d.param_groups[0]["lr"]
+    assert lr_g > 0 and lr_d == pytest.approx(10 * lr_g)  # the discriminator's own learning rate
     assert {"d_loss", "g_loss", "d_real", "d_fake", "d_accuracy"} <= set(m)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tr.disc.parameters() if p.ndim > 1)
     assert any(not torch.equal(v, tr.pipe.transformer.state_dict()[k]) for k, v in student0.items())
@@ -71,6 +74,31 @@ def test_ladd_discriminator_learns_teacher_frozen_student_moves(tmp_path):
     for steps in (1, 2, 4):
         images, _ = out.generate(["a red circle"], 16, 16, steps=steps, guidance=1.0)
         assert images.shape == (1, 3, 16, 16)
+
+
+def test_ladd_student_can_start_from_the_dev_tier_at_the_teachers_scale(tmp_path):
+    from flowfactory.train.distill import LADDTrainer
+
+    tea = teacher()
+    dev = guidance_student(tea)
+    randomize_(dev.transformer.guidance_in, std=0.1)  # a trained guidance embedding
+    before = {k: v.clone() for k, v in tea.state_dict().items()}
+    cfg = dataclasses.replace(recipe("tiny-schnell"), steps=2, teacher_guidance=3.5)
+    tr = LADDTrainer(cfg, tmp_path, tea, progress=False, student=dev)
+    assert tr.pipe.transformer is not dev.transformer  # a copy: the dev model is left as it was
+    assert torch.equal(tr.pipe.transformer.guidance_in.out_layer.weight, dev.transformer.guidance_in.out_layer.weight)
+    assert tr.student_guidance(2).tolist() == [3.5, 3.5]
+    seen = []
+    forward = tr.model.forward
+    tr.model.forward = lambda *a, **k: (seen.append(a[4]), forward(*a, **k))[1]
+    tr.fit()
+    assert seen and all(g is not None and g.tolist() == [3.5] * len(g) for g in seen)
+    assert all(torch.equal(v, tea.state_dict()[k]) for k, v in before.items())
+    out = Pipeline.from_checkpoint(tmp_path / "checkpoints" / "step_0000002.safetensors")
+    assert out.cfg.flux.guidance_embed and out.cfg.schedule_shift is False
+    with pytest.raises(ValueError, match="architecture"):
+        deeper = dataclasses.replace(tea.cfg, flux=dataclasses.replace(tea.cfg.flux, depth=2))
+        LADDTrainer(cfg, tmp_path / "other", tea, progress=False, student=Pipeline.from_config(deeper))
 
 
 def edit_teacher():

@@ -46,7 +46,7 @@ def cmd_train(args) -> None:
 def cmd_distill(args) -> None:
     from flowfactory.config import recipe
     from flowfactory.pipeline import Pipeline
-    from flowfactory.train.distill import GuidanceDistiller, LADDTrainer
+    from flowfactory.train.distill import GuidanceDistiller, LADDTrainer, same_backbone
 
     teacher = Pipeline.from_checkpoint(args.teacher)
     cfg = _train_config(args, recipe(args.recipe))
@@ -55,11 +55,21 @@ def cmd_distill(args) -> None:
         if not 0 < lo <= hi:
             raise UserError(f"--guidance-range needs 0 < MIN <= MAX, got {lo} {hi}")
         cfg = dataclasses.replace(cfg, guidance_min=lo, guidance_max=hi)
+    if getattr(args, "d_lr_mult", None) is not None:
+        if not args.d_lr_mult > 0:
+            raise UserError(f"--d-lr-mult must be positive, got {args.d_lr_mult}")
+        cfg = dataclasses.replace(cfg, ladd_d_lr_mult=args.d_lr_mult)
+    if getattr(args, "t_hat_mean", None) is not None:
+        cfg = dataclasses.replace(cfg, ladd_t_hat_mean=args.t_hat_mean)
     if args.method == "ladd":
         if teacher.cfg.micro_cond or teacher.cfg.channel_cond:
             raise UserError(f"LADD distils plain text-to-image models; '{teacher.cfg.name}' takes image conditioning")
+        student = Pipeline.from_checkpoint(args.student) if args.student else None
+        if student is not None and not same_backbone(teacher.cfg, student.cfg):
+            raise UserError(f"--student {args.student} is not the teacher's architecture ('{student.cfg.name}' vs "
+                            f"'{teacher.cfg.name}'): start from the teacher's own dev tier")  # fmt: skip
         trainer = LADDTrainer(cfg, args.out, teacher, device=args.device, resume=not args.no_resume,
-                              progress=not args.json)  # fmt: skip
+                              progress=not args.json, student=student)  # fmt: skip
     else:
         trainer = GuidanceDistiller(cfg, args.out, teacher, device=args.device, resume=not args.no_resume,
                                     progress=not args.json)  # fmt: skip
@@ -194,6 +204,10 @@ def register(sub) -> None:
     la = dsub2.add_parser("ladd", help="latent adversarial diffusion distillation ([schnell]): 1-4 steps")
     la.add_argument("--teacher", required=True, help="the teacher checkpoint")
     la.add_argument("--recipe", default="shapes-schnell", help="training recipe (data, steps, teacher sampling)")
+    la.add_argument("--student", help="start the student from this checkpoint (the teacher's dev tier) instead of "
+                    "a copy of the teacher; it then runs at the teacher's guidance scale")
+    la.add_argument("--t-hat-mean", type=float, help="override: mean of the logit-normal re-noising level (1.0)")
+    la.add_argument("--d-lr-mult", type=float, help="override: discriminator learning rate / student learning rate")
     _run_args(la)
     la.set_defaults(func=cmd_distill)
 

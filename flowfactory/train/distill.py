@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from flowfactory.conditioning import Conditioning, conditioned
-from flowfactory.config import TrainConfig
+from flowfactory.config import ModelConfig, TrainConfig
 from flowfactory.flow.objectives import interpolate
 from flowfactory.flow.sampling import cfg_combine
 from flowfactory.models.flux import Flux
@@ -43,6 +43,13 @@ def guidance_student(teacher: Pipeline) -> Pipeline:
     nn.init.zeros_(student.guidance_in.out_layer.weight)
     nn.init.zeros_(student.guidance_in.out_layer.bias)
     return Pipeline(cfg, student, copy.deepcopy(teacher.autoencoder), copy.deepcopy(teacher.text_encoder))
+
+
+def same_backbone(a: ModelConfig, b: ModelConfig) -> bool:
+    """Whether two models share transformer, autoencoder and text encoder shapes (a guidance
+    embedding and the sampling schedule aside): a student of one may start from the other."""
+    return (dataclasses.replace(a.flux, guidance_embed=False) == dataclasses.replace(b.flux, guidance_embed=False)
+            and (a.ae, a.text, a.patch) == (b.ae, b.text, b.patch))  # fmt: skip
 
 
 @torch.no_grad()
@@ -155,29 +162,40 @@ def teacher_features(teacher: Pipeline, x_t: Tensor, ids: Tensor, txt: Tensor, p
 
 
 class LADDTrainer(Trainer):
-    """Student (a copy of the teacher) trained adversarially on teacher-generated latents. An edit
-    (Kontext) teacher makes an edit student: the teacher samples, the student and the
+    """Student trained adversarially on teacher-generated latents. The student starts as a copy of
+    the teacher, or of `student` (a guidance-distilled `dev` model of the same teacher: it then
+    runs at the teacher's guidance scale, one pass per step, from a better few-step start). An
+    edit (Kontext) teacher makes an edit student: the teacher samples, the student and the
     discriminator's teacher features all see each pair's context images."""
 
     def __init__(self, cfg: TrainConfig, out_dir, teacher: Pipeline, device: str = "cpu", resume: bool = True,
-                 progress: bool = True):  # fmt: skip
-        if teacher.cfg.micro_cond or teacher.cfg.channel_cond:
-            raise ValueError("LADD takes plain text-to-image models")
+                 progress: bool = True, student: Pipeline | None = None):  # fmt: skip
+        for m in (teacher, student):
+            if m is not None and (m.cfg.micro_cond or m.cfg.channel_cond):
+                raise ValueError("LADD takes plain text-to-image models")
+        if student is not None and not same_backbone(teacher.cfg, student.cfg):
+            raise ValueError("the student must be the teacher's architecture (a guidance embedding aside)")
         if cfg.grad_accum != 1:
             raise ValueError("LADD takes one micro-batch per step (grad_accum 1)")
-        model = dataclasses.replace(teacher.cfg, schedule_shift=False)
+        student = copy.deepcopy(student if student is not None else teacher)
+        model = dataclasses.replace(student.cfg, schedule_shift=False)
         cfg = dataclasses.replace(cfg, model=model, text_dropout=0.0, train_text_encoder=False)
         self.teacher = teacher.eval().requires_grad_(False)
-        student = copy.deepcopy(teacher)
         student.cfg = model
         super().__init__(cfg, out_dir, device, resume, progress, init=student)
         self.teacher.to(self.env.device)
         flux_p = teacher.cfg.flux
         self.disc = Discriminator(flux_p.hidden_size, flux_p.vec_in_dim, len(feature_blocks(teacher.transformer)))
         self.disc.to(self.env.device)
-        self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=cfg.lr, betas=(0.0, 0.99))
+        self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=cfg.lr * cfg.ladd_d_lr_mult, betas=(0.0, 0.99))
         self.d_skipped = 0
         self._val_x0: dict[tuple[str, ...], Tensor] = {}
+
+    def student_guidance(self, n: int) -> Tensor | None:
+        """A student with a guidance embedding runs at the scale the teacher's samples were made with."""
+        if not self.cfg.model.flux.guidance_embed:
+            return None
+        return torch.full((n,), self.cfg.teacher_guidance, device=self.env.device)
 
     def teacher_latents(self, prompts: list[str], step: int, lo: int, cond: Conditioning | None = None) -> Tensor:
         """Teacher samples for the prompts (the "real" data), seeded by global position."""
@@ -188,8 +206,10 @@ class LADDTrainer(Trainer):
 
     def train_step(self) -> dict[str, float]:
         cfg, dev = self.cfg, self.env.device
-        for group in [*self.opt.param_groups, *self.opt_d.param_groups]:
+        for group in self.opt.param_groups:
             group["lr"] = lr_at(self.step, cfg)
+        for group in self.opt_d.param_groups:
+            group["lr"] = lr_at(self.step, cfg) * cfg.ladd_d_lr_mult
         lo = self.env.rank * self.micro
         b = self.encode(self.samples(self.step, lo, lo + self.micro))
         prompts, cond = b.prompts, b.cond
@@ -198,14 +218,13 @@ class LADDTrainer(Trainer):
         ids = image_ids(n, side, side, device=dev)
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
         t = torch.tensor(STUDENT_TIMESTEPS)[torch.randint(len(STUDENT_TIMESTEPS), (n,), generator=g)].to(dev)
-        t_hat = torch.sigmoid(1.0 + torch.randn(n, generator=g)).to(dev)  # logit-normal(1, 1)
+        t_hat = torch.sigmoid(cfg.ladd_t_hat_mean + torch.randn(n, generator=g)).to(dev)  # logit-normal(m, 1)
         noise, n_fake, n_real = (torch.randn(x0.shape, generator=g).to(dev) for _ in range(3))
         with torch.no_grad():
             txt, pooled = self.teacher.encode_text(prompts)
         x_t = interpolate(x0, noise, t)
         with self.autocast:
-            v = self.model(x_t, ids, prompts, t, torch.ones(n, device=dev) if cfg.model.flux.guidance_embed else None,
-                           None, cond)  # fmt: skip
+            v = self.model(x_t, ids, prompts, t, self.student_guidance(n), None, cond)
         x0_hat = x_t - t[:, None, None] * v.float()
         real = interpolate(x0, n_real, t_hat)
         fake = interpolate(x0_hat, n_fake, t_hat)
@@ -249,6 +268,5 @@ class LADDTrainer(Trainer):
         x0 = self._val_x0[key]
         x_t = interpolate(x0, noise, t)
         ids = image_ids(x0.shape[0], b.h, b.w, device=x0.device)
-        g = torch.ones(x0.shape[0], device=x0.device) if self.cfg.model.flux.guidance_embed else None
-        v = self.model(x_t, ids, text, t, g, None, b.cond)
+        v = self.model(x_t, ids, text, t, self.student_guidance(x0.shape[0]), None, b.cond)
         return (x_t - t[:, None, None] * v - x0).square().mean()
