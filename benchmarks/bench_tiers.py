@@ -109,7 +109,7 @@ def geneval_task(prompts, images_per_prompt: int, latency_batch: int):
         pipe.generate(timed, size, size, steps=r["steps"], guidance=r["guidance"], seed=seed)
 
     def score(pipe, r):
-        passed, _, _ = score_prompts(pipe, prompts, images_per_prompt, r["steps"], r["guidance"], progress=False)
+        passed, *_ = score_prompts(pipe, prompts, images_per_prompt, r["steps"], r["guidance"], progress=False)
         summary = geneval.summarize(prompts, passed)
         return summary["in_distribution"]["overall"], summary.get("held_out", {}).get("overall"), summary
 

@@ -81,6 +81,31 @@ def test_partial_credit_grades_what_the_scene_gets_right():
     assert geneval.partial_credit(count, fewer) == 0.5 * (count.count - 1) / count.count
 
 
+def test_failure_names_the_first_unmet_requirement():
+    rng = np.random.default_rng(0)
+    p = next(p for p in geneval.prompt_set() if p.task == "position")
+    scene = geneval.solve(p, rng)
+    a, b = scene.objects
+    edit = lambda o, **kw: o.__class__(**{**o.__dict__, **kw})  # noqa: E731
+    other_shape = next(s for s in ("circle", "square", "triangle", "cross") if s not in (a.shape, b.shape))
+    other_colour = next(c for c in ("red", "green", "blue", "yellow") if c not in (a.color, b.color))
+    mirrored = {"cx": 1 - a.cx} if p.relation in ("left of", "right of") else {"cy": 1 - a.cy}
+    b_mirrored = {"cx": 1 - b.cx} if "cx" in mirrored else {"cy": 1 - b.cy}
+    cases = {"": scene, "count": type(scene)(scene.background, (a,)),
+             "shape": type(scene)(scene.background, (edit(a, shape=other_shape), b)),
+             "colour": type(scene)(scene.background, (edit(a, color=other_colour), b)),
+             "relation": type(scene)(scene.background, (edit(a, **mirrored), edit(b, **b_mirrored)))}  # fmt: skip
+    for why, s in cases.items():
+        assert geneval.failure(p, s) == why
+        assert (why == "") == geneval.score(p, s)
+    single = next(p for p in geneval.prompt_set() if p.task == "single_object" and p.size)
+    one = geneval.solve(single, rng)
+    resized = type(one)(one.background, (edit(one.objects[0], size="small" if single.size == "large" else "large"),))
+    assert geneval.failure(single, one) == "" and geneval.failure(single, resized) == "size"
+    shares = geneval.summarize_failures([p, p], [["", "count"], ["count", "relation"]])
+    assert shares == {"position": {"count": 0.5, "shape": 0.0, "colour": 0.0, "size": 0.0, "relation": 0.25}}
+
+
 def test_edit_pairs_in_kontextbench_proportions():
     pairs = edit_set(200)
     counts = collections.Counter(p.category for p in pairs)
@@ -138,7 +163,11 @@ def test_geneval_runner_writes_reports(tmp_path):
     for p in rec["per_prompt"]:  # partial credit is 1 exactly on a pass, and in [0, 1)
         assert all((c == 1.0) == ok and 0.0 <= c <= 1.0 for c, ok in zip(p["credit"], p["passed"]))
     assert set(rec["partial_credit"]) == {"in_distribution"}
+    for p in rec["per_prompt"]:  # a failure reason exactly on a failed image
+        assert all((why == "") == ok and why in ("", *geneval.FAILURES) for why, ok in zip(p["failure"], p["passed"]))
+    assert set(rec["failures"]) == {p["task"] for p in rec["per_prompt"]}
     assert "in_distribution (partial credit)" in (tmp_path / "geneval.md").read_text()
+    assert "why images fail" in (tmp_path / "geneval.md").read_text()
     saved = json.loads((tmp_path / "geneval.json").read_text())
     assert saved["summary"] == rec["summary"]
     assert (tmp_path / "geneval.md").read_text().startswith("| task |")

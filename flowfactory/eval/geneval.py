@@ -10,6 +10,7 @@ is the mean of the task accuracies, as in GenEval.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -163,6 +164,32 @@ def partial_credit(p: Prompt, scene: Scene, min_offset: float = MIN_OFFSET) -> f
     if p.relation:
         parts.append(float(all(h is not None for h in found) and holds(p.relation, found[0], found[1], min_offset)))
     return 1.0 if score(p, scene, min_offset) else min(sum(parts) / len(parts), 1 - 1e-6)
+
+
+FAILURES = ("count", "shape", "colour", "size", "relation")  # in the order `failure` checks them
+
+
+def failure(p: Prompt, scene: Scene, min_offset: float = MIN_OFFSET) -> str:
+    """Why the parsed scene fails the prompt: its first unmet requirement among `FAILURES` (the
+    number of objects, then the named shapes, colours, size, relation), or "" when it passes."""
+    if score(p, scene, min_offset):
+        return ""
+    if len(scene.objects) != (p.count if p.task == "counting" else len(p.objects)):
+        return "count"
+    loosened = {"shape": dataclasses.replace(p, objects=tuple((None, s) for _, s in p.objects), size=None, relation=""),
+                "colour": dataclasses.replace(p, size=None, relation=""),
+                "size": dataclasses.replace(p, relation="")}  # fmt: skip
+    return next((why for why, q in loosened.items() if not score(q, scene, min_offset)), "relation")
+
+
+def summarize_failures(prompts: list[Prompt], reasons: list[list[str]]) -> dict:
+    """Per task (both splits): the share of its images failing for each reason of `FAILURES`."""
+    out = {}
+    for task in TASKS:
+        vals = [r for p, rs in zip(prompts, reasons) if p.task == task for r in rs]
+        if vals:
+            out[task] = {why: vals.count(why) / len(vals) for why in FAILURES}
+    return out
 
 
 def solve(p: Prompt, rng: np.random.Generator, tries: int = 1000) -> Scene:

@@ -43,31 +43,44 @@ def run_geneval(pipe, out: str | Path, images_per_prompt: int = 4, steps: int = 
     """Generate `images_per_prompt` images per prompt and score them; another `seed` draws other
     noise for the same prompts (seed-averaged comparisons)."""
     prompts = geneval.prompt_set()[:limit]
-    passed, credit, kept = score_prompts(pipe, prompts, images_per_prompt, steps, guidance, batch_size, autocast,
-                                         progress, keep=lambda job: job < 32, seed=seed)  # fmt: skip
+    passed, credit, kept, reasons = score_prompts(pipe, prompts, images_per_prompt, steps, guidance, batch_size,
+                                                  autocast, progress, keep=lambda job: job < 32, seed=seed)  # fmt: skip
     shown = [img for _, img in sorted(kept.items())]
     summary, partial = geneval.summarize(prompts, passed), geneval.summarize(prompts, credit)
+    failures = geneval.summarize_failures(prompts, reasons)
     record = {"benchmark": "geneval-mini", "images_per_prompt": images_per_prompt, "steps": steps,
               "guidance": guidance, "seed": seed, "resolution": pipe.cfg.resolution, "summary": summary,
-              "partial_credit": partial,
+              "partial_credit": partial, "failures": failures,
               "per_prompt": [{"prompt": p.text, "task": p.task, "held_out": p.held_out, "passed": v,
-                              "credit": cs}
-                             for p, v, cs in zip(prompts, passed, credit)]}  # fmt: skip
+                              "credit": cs, "failure": rs}
+                             for p, v, cs, rs in zip(prompts, passed, credit, reasons)]}  # fmt: skip
     columns = {**summary, **{f"{split} (partial credit)": v for split, v in partial.items()}}
-    write_report(Path(out), "geneval", record, markdown_table(columns, geneval.TASKS), torch.stack(shown) if shown else None)
+    table = markdown_table(columns, geneval.TASKS) + "\n" + failure_table(failures)
+    write_report(Path(out), "geneval", record, table, torch.stack(shown) if shown else None)
     return record
+
+
+def failure_table(failures: dict) -> str:
+    """Markdown: per task, the share of images failing on each requirement (`geneval.failure`)."""
+    lines = ["| why images fail (share of the task's images) | " + " | ".join(geneval.FAILURES) + " |",
+             "| --- |" + " --- |" * len(geneval.FAILURES)]  # fmt: skip
+    lines += [f"| {task} | " + " | ".join(f"{shares[why]:.3f}" for why in geneval.FAILURES) + " |"
+              for task, shares in failures.items()]  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def score_prompts(pipe, prompts: list, k: int, steps: int, guidance: float, batch_size: int = 64, autocast=None,
                   progress: bool = True, keep=lambda job: False, seed: int = 0):  # fmt: skip
     """Generate `k` images per geneval prompt (job j uses seed `seed + j`) and score each with the
     analyzer; returns per prompt the pass list and the partial-credit list
-    (`geneval.partial_credit`), and {job: image} for the jobs `keep` selects."""
+    (`geneval.partial_credit`), {job: image} for the jobs `keep` selects, and per prompt each
+    image's failure reason (`geneval.failure`, "" when it passes)."""
     from tqdm import tqdm
 
     jobs = [(i, p.text) for i, p in enumerate(prompts) for _ in range(k)]
     passed: list[list[bool]] = [[] for _ in prompts]
     credit: list[list[float]] = [[] for _ in prompts]
+    reasons: list[list[str]] = [[] for _ in prompts]
     kept = {}
     size = pipe.cfg.resolution
     for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc="generate+score"):
@@ -78,9 +91,10 @@ def score_prompts(pipe, prompts: list, k: int, steps: int, guidance: float, batc
             scene = analyze(img)
             passed[i].append(geneval.score(prompts[i], scene))
             credit[i].append(geneval.partial_credit(prompts[i], scene))
+            reasons[i].append(geneval.failure(prompts[i], scene))
             if keep(j):
                 kept[j] = img
-    return passed, credit, kept
+    return passed, credit, kept, reasons
 
 
 def ground_truth_geneval(seed: int = 0, pipe=None, batch_size: int = 64) -> dict:

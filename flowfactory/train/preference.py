@@ -113,8 +113,8 @@ def judge_pairs(pipe: Pipeline, out: str | Path, prompts: int = 200, k: int = 4,
             groups.setdefault(p.task, []).append(p)
     # every task represented: take the tasks' prompts in turn (the set is ordered by task)
     pool = [p for group in itertools.zip_longest(*groups.values()) for p in group if p is not None][:prompts]
-    passed, credits, images = score_prompts(pipe, pool, k, steps, guidance, batch_size, progress=progress,
-                                            keep=lambda job: True, seed=seed * 1_000_000)  # fmt: skip
+    passed, credits, images, _ = score_prompts(pipe, pool, k, steps, guidance, batch_size, progress=progress,
+                                               keep=lambda job: True, seed=seed * 1_000_000)  # fmt: skip
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     source = "analyzer-solution" if solutions else "analyzer-graded" if graded else "analyzer"
