@@ -1,7 +1,7 @@
 """The shipped demo model loads from the package and follows what it has learned.
 
 Measured on these 12 prompts (seed 0, 20 steps, guidance 3): background right 12/12,
-requested object colour present 12/12. geneval-mini exact scores are still low (0.253,
+requested object colour present 12/12. geneval-mini exact scores are still low (0.285,
 benchmarks/results/shapes-demo/), so the floors check backgrounds and colours: a broken
 or untrained model gets about a third of the backgrounds and few colours.
 """
