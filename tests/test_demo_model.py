@@ -42,7 +42,7 @@ def test_shipped_model_follows_backgrounds_and_colours():
 @pytest.mark.parametrize("tier", ["dev", "schnell"])
 def test_shipped_tiers_follow_backgrounds_and_colours(tier):
     """The distilled tiers next to the demo model, at their manifest's steps and guidance.
-    Measured (both distilled from the 27,000-step model, schnell by LADD from dev): dev (28 steps,
+    Measured (both distilled from the 27,000-step model, schnell by LADD from the step-800 dev): dev (28 steps,
     one pass each) and schnell (4 steps) 12/12 backgrounds, 12/12 colours."""
     t = resolve_tier(DEFAULT_CHECKPOINT.parent / "tiers.json", tier)
     assert t.checkpoint.stat().st_size <= 30 * 2**20
