@@ -231,6 +231,11 @@ class Pipeline(nn.Module):
 
     # ----- generation ----------------------------------------------------------------------
     @torch.no_grad()
+    def initial_noise(self, seeds: list[int], height: int, width: int) -> Tensor:
+        """The packed starting noise `[B, L, C]` that `sample_tokens` solves from, one seed per image."""
+        lh, lw = height // self.cfg.downsample, width // self.cfg.downsample
+        return pack(torch.cat([noise_like((1, self.cfg.latent_channels, lh, lw), s) for s in seeds]), self.cfg.patch)
+
     def sample_tokens(self, prompts: list[str], height: int, width: int, steps: int = 28, guidance: float = 3.5,
                       seed: int = 0, solver: str = "euler", shift: bool | None = None,
                       cond: Conditioning | None = None, timings: dict | None = None,
@@ -265,11 +270,11 @@ class Pipeline(nn.Module):
             pooled_u = with_micro(pooled_u, inference_micro(len(prompts), height, width), self.cfg.micro_cond)
             velocity = true_cfg(velocity, self.velocity(txt_u, pooled_u, h, w, cond=cond), guidance)
         seeds = seeds if seeds is not None else [seed + i for i in range(len(prompts))]
-        noise = torch.cat([noise_like((1, self.cfg.latent_channels, lh, lw), s) for s in seeds])
+        noise = self.initial_noise(seeds, height, width).to(device)
         timings["text_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         shift = self.cfg.schedule_shift if shift is None else shift
-        x = SOLVERS[solver](velocity, pack(noise.to(device), self.cfg.patch), get_schedule(steps, h * w, shift=shift))
+        x = SOLVERS[solver](velocity, noise, get_schedule(steps, h * w, shift=shift))
         timings["denoise_s"] = time.perf_counter() - t0
         return x
 

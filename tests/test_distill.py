@@ -76,6 +76,26 @@ def test_ladd_discriminator_learns_teacher_frozen_student_moves(tmp_path):
         assert images.shape == (1, 3, 16, 16)
 
 
+def test_ladd_distillation_term_uses_the_noise_each_teacher_sample_was_solved_from(tmp_path):
+    from flowfactory.train.distill import LADDTrainer
+
+    cfg = dataclasses.replace(recipe("tiny-schnell"), ladd_distill_weight=2.0, teacher_steps=1, teacher_guidance=1.0)
+    tea = teacher()
+    tr = LADDTrainer(cfg, tmp_path, tea, progress=False)
+    prompts, side = ["a red circle", "two blue squares"], cfg.image_size // cfg.model.stride
+    x0, z = tr.teacher_latents(prompts, 3, 0), tr.teacher_noise(2, 3, 0)
+    txt, pooled = tea.encode_text(prompts)
+    with torch.no_grad():  # one Euler step of the teacher from t = 1: x0 = z - v_T(z, 1)
+        assert torch.allclose(x0, z - tea.velocity(txt, pooled, side, side)(z, 1.0), atol=1e-5)
+    seen, model = [], tr.model
+    tr.model = lambda x_t, ids, p, t, *a: (seen.append((x_t.detach(), list(p), t)), model(x_t, ids, p, t, *a))[1]
+    m = tr.train_step()
+    x_t, p, t = seen[0]
+    x0, z = tr.teacher_latents(p, 0, 0), tr.teacher_noise(len(p), 0, 0)
+    assert torch.allclose(x_t, (1 - t[:, None, None]) * x0 + t[:, None, None] * z, atol=1e-5)  # reflow pairs
+    assert m["distill_loss"] > 0 and m["loss"] == pytest.approx(m["g_loss"] + 2.0 * m["distill_loss"], rel=1e-5)
+
+
 def test_ladd_student_can_start_from_the_dev_tier_at_the_teachers_scale(tmp_path):
     from flowfactory.train.distill import LADDTrainer
 

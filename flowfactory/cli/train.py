@@ -59,6 +59,10 @@ def cmd_distill(args) -> None:
         if not args.d_lr_mult > 0:
             raise UserError(f"--d-lr-mult must be positive, got {args.d_lr_mult}")
         cfg = dataclasses.replace(cfg, ladd_d_lr_mult=args.d_lr_mult)
+    if getattr(args, "distill_weight", None) is not None:
+        if not args.distill_weight >= 0:
+            raise UserError(f"--distill-weight must be at least 0, got {args.distill_weight}")
+        cfg = dataclasses.replace(cfg, ladd_distill_weight=args.distill_weight)
     if getattr(args, "t_hat_mean", None) is not None:
         cfg = dataclasses.replace(cfg, ladd_t_hat_mean=args.t_hat_mean)
     if args.method == "ladd":
@@ -208,6 +212,8 @@ def register(sub) -> None:
                     "a copy of the teacher; it then runs at the teacher's guidance scale")
     la.add_argument("--t-hat-mean", type=float, help="override: mean of the logit-normal re-noising level (1.0)")
     la.add_argument("--d-lr-mult", type=float, help="override: discriminator learning rate / student learning rate")
+    la.add_argument("--distill-weight", type=float, help="override: weight of the regression onto the teacher's "
+                    "sample from its own noise (reflow pairs) added to the adversarial loss (0)")
     _run_args(la)
     la.set_defaults(func=cmd_distill)
 

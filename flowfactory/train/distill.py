@@ -166,7 +166,13 @@ class LADDTrainer(Trainer):
     the teacher, or of `student` (a guidance-distilled `dev` model of the same teacher: it then
     runs at the teacher's guidance scale, one pass per step, from a better few-step start). An
     edit (Kontext) teacher makes an edit student: the teacher samples, the student and the
-    discriminator's teacher features all see each pair's context images."""
+    discriminator's teacher features all see each pair's context images.
+
+    With `ladd_distill_weight` w > 0 the student's input at t is built from the very noise the
+    teacher's sample was solved from, `x_t = (1 - t) x0 + t z` (the reflow coupling of rectified
+    flow), and the generator loss gains `w ||x0_hat - x0||^2`: at t = 1 that is the teacher's
+    noise-to-image map, and a student that meets it keeps its few-step path on the straight line
+    from z to x0 (ADD's distillation term, on reflow pairs instead of teacher re-noising)."""
 
     def __init__(self, cfg: TrainConfig, out_dir, teacher: Pipeline, device: str = "cpu", resume: bool = True,
                  progress: bool = True, student: Pipeline | None = None):  # fmt: skip
@@ -204,6 +210,11 @@ class LADDTrainer(Trainer):
                                           guidance=self.cfg.teacher_guidance, cond=cond,
                                           seed=self.cfg.seed * 1_000_003 + step * self.cfg.batch_size + lo)  # fmt: skip
 
+    def teacher_noise(self, n: int, step: int, lo: int) -> Tensor:
+        """The packed noise the teacher's samples of `teacher_latents(..., step, lo)` were solved from."""
+        seed, size = self.cfg.seed * 1_000_003 + step * self.cfg.batch_size + lo, self.cfg.image_size
+        return self.teacher.initial_noise([seed + i for i in range(n)], size, size).to(self.env.device)
+
     def train_step(self) -> dict[str, float]:
         cfg, dev = self.cfg, self.env.device
         for group in self.opt.param_groups:
@@ -220,12 +231,15 @@ class LADDTrainer(Trainer):
         t = torch.tensor(STUDENT_TIMESTEPS)[torch.randint(len(STUDENT_TIMESTEPS), (n,), generator=g)].to(dev)
         t_hat = torch.sigmoid(cfg.ladd_t_hat_mean + torch.randn(n, generator=g)).to(dev)  # logit-normal(m, 1)
         noise, n_fake, n_real = (torch.randn(x0.shape, generator=g).to(dev) for _ in range(3))
+        if cfg.ladd_distill_weight > 0:  # reflow pairs: the student's input lies between x0 and its own noise
+            noise = self.teacher_noise(n, self.step, lo)
         with torch.no_grad():
             txt, pooled = self.teacher.encode_text(prompts)
         x_t = interpolate(x0, noise, t)
         with self.autocast:
             v = self.model(x_t, ids, prompts, t, self.student_guidance(n), None, cond)
         x0_hat = x_t - t[:, None, None] * v.float()
+        distill_loss = (x0_hat - x0).square().mean()
         real = interpolate(x0, n_real, t_hat)
         fake = interpolate(x0_hat, n_fake, t_hat)
 
@@ -249,15 +263,17 @@ class LADDTrainer(Trainer):
         g_loss = -self.disc(teacher_features(self.teacher, fake, ids, txt, pooled, t_hat, cond), t_hat, pooled).mean()
         self.opt.zero_grad(set_to_none=True)
         self.disc.requires_grad_(False)
-        g_loss.backward()
+        total = g_loss + cfg.ladd_distill_weight * distill_loss if cfg.ladd_distill_weight > 0 else g_loss
+        total.backward()
         self.disc.requires_grad_(True)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         self.opt.step()
         if self.ema:
             self.ema.update()
         self.step += 1
-        return {"loss": g_loss.item(), "g_loss": g_loss.item(), "d_loss": d_loss.item(), "d_real": d_real.mean().item(),
-                "d_fake": d_fake.mean().item(), "d_accuracy": d_acc, "d_skipped": self.d_skipped,
+        return {"loss": total.item(), "g_loss": g_loss.item(), "distill_loss": distill_loss.item(),
+                "d_loss": d_loss.item(), "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item(),
+                "d_accuracy": d_acc, "d_skipped": self.d_skipped,
                 "grad_norm": float(grad_norm), "lr": lr_at(self.step - 1, cfg)}  # fmt: skip
 
     def loss(self, b: Batch, text, noise: Tensor, t: Tensor) -> Tensor:
