@@ -96,6 +96,28 @@ def test_ladd_distillation_term_uses_the_noise_each_teacher_sample_was_solved_fr
     assert m["distill_loss"] > 0 and m["loss"] == pytest.approx(m["g_loss"] + 2.0 * m["distill_loss"], rel=1e-5)
 
 
+def test_ladd_shifted_schedule_trains_at_the_timesteps_the_student_samples(tmp_path):
+    from flowfactory.flow.sampling import get_schedule
+    from flowfactory.train.distill import STUDENT_TIMESTEPS, LADDTrainer, student_timesteps
+
+    assert student_timesteps(16, shift=False) == STUDENT_TIMESTEPS
+    shifted = student_timesteps(16, shift=True)
+    assert shifted[0] == 1.0 and all(a > b for a, b in zip(shifted, STUDENT_TIMESTEPS[1:] + (0.0,)))
+    assert shifted[1] == pytest.approx(0.8261, abs=1e-4) and shifted[3] == pytest.approx(0.3454, abs=1e-4)
+    cfg = dataclasses.replace(recipe("tiny-schnell"), steps=3, ladd_schedule_shift=True)
+    tr = LADDTrainer(cfg, tmp_path, teacher(), progress=False)
+    side = cfg.image_size // cfg.model.stride
+    assert tr.timesteps == tuple(get_schedule(4, side * side)[:-1])  # the sampler's own 4-step schedule
+    seen, forward = [], tr.model.forward
+    tr.model.forward = lambda *a, **k: (seen.append(a[3]), forward(*a, **k))[1]
+    for _ in range(3):
+        tr.train_step()
+    ts = {round(float(t), 6) for batch in seen for t in batch}
+    assert ts and ts <= {round(t, 6) for t in tr.timesteps} and len(ts) > 1
+    out = Pipeline.from_checkpoint(tr.export())
+    assert out.cfg.schedule_shift is True  # it samples the schedule it was trained at
+
+
 def test_ladd_student_can_start_from_the_dev_tier_at_the_teachers_scale(tmp_path):
     from flowfactory.train.distill import LADDTrainer
 

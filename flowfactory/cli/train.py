@@ -65,6 +65,8 @@ def cmd_distill(args) -> None:
         cfg = dataclasses.replace(cfg, ladd_distill_weight=args.distill_weight)
     if getattr(args, "t_hat_mean", None) is not None:
         cfg = dataclasses.replace(cfg, ladd_t_hat_mean=args.t_hat_mean)
+    if getattr(args, "shifted_schedule", False):
+        cfg = dataclasses.replace(cfg, ladd_schedule_shift=True)
     if args.method == "ladd":
         if teacher.cfg.micro_cond or teacher.cfg.channel_cond:
             raise UserError(f"LADD distils plain text-to-image models; '{teacher.cfg.name}' takes image conditioning")
@@ -214,6 +216,8 @@ def register(sub) -> None:
     la.add_argument("--d-lr-mult", type=float, help="override: discriminator learning rate / student learning rate")
     la.add_argument("--distill-weight", type=float, help="override: weight of the regression onto the teacher's "
                     "sample from its own noise (reflow pairs) added to the adversarial loss (0)")
+    la.add_argument("--shifted-schedule", action="store_true", help="train at (and sample) the resolution-shifted "
+                    "4-step schedule instead of the plain 1, 0.75, 0.5, 0.25")
     _run_args(la)
     la.set_defaults(func=cmd_distill)
 

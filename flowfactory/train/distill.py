@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from flowfactory.conditioning import Conditioning, conditioned
 from flowfactory.config import ModelConfig, TrainConfig
 from flowfactory.flow.objectives import interpolate
-from flowfactory.flow.sampling import cfg_combine
+from flowfactory.flow.sampling import cfg_combine, get_schedule
 from flowfactory.models.flux import Flux
 from flowfactory.models.layers import MLPEmbedder
 from flowfactory.pipeline import Pipeline, image_ids, text_ids
@@ -101,6 +101,13 @@ class GuidanceDistiller(Trainer):
 # LADD ([schnell]): latent adversarial diffusion distillation (arXiv 2403.12015)
 
 STUDENT_TIMESTEPS = (1.0, 0.75, 0.5, 0.25)  # the 4-step schedule (2 steps: 1, 0.5; 1 step: 1)
+
+
+def student_timesteps(seq_len: int, shift: bool) -> tuple[float, ...]:
+    """The timesteps a few-step student trains at: its 4-step sampling schedule without the final 0
+    (which holds the 2- and 1-step schedules). Plain: `STUDENT_TIMESTEPS`; shifted: FLUX.1's
+    resolution shift at `seq_len` image tokens (at 16 tokens 1, 0.826, 0.613, 0.345)."""
+    return tuple(get_schedule(4, seq_len, shift=shift)[:-1])
 
 
 class DiscriminatorHead(nn.Module):
@@ -184,7 +191,7 @@ class LADDTrainer(Trainer):
         if cfg.grad_accum != 1:
             raise ValueError("LADD takes one micro-batch per step (grad_accum 1)")
         student = copy.deepcopy(student if student is not None else teacher)
-        model = dataclasses.replace(student.cfg, schedule_shift=False)
+        model = dataclasses.replace(student.cfg, schedule_shift=cfg.ladd_schedule_shift)
         cfg = dataclasses.replace(cfg, model=model, text_dropout=0.0, train_text_encoder=False)
         self.teacher = teacher.eval().requires_grad_(False)
         student.cfg = model
@@ -195,6 +202,7 @@ class LADDTrainer(Trainer):
         self.disc.to(self.env.device)
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=cfg.lr * cfg.ladd_d_lr_mult, betas=(0.0, 0.99))
         self.d_skipped = 0
+        self.timesteps = student_timesteps((cfg.image_size // model.stride) ** 2, cfg.ladd_schedule_shift)
         self._val_x0: dict[tuple[str, ...], Tensor] = {}
 
     def student_guidance(self, n: int) -> Tensor | None:
@@ -228,7 +236,7 @@ class LADDTrainer(Trainer):
         n, side = x0.shape[0], cfg.image_size // cfg.model.stride
         ids = image_ids(n, side, side, device=dev)
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
-        t = torch.tensor(STUDENT_TIMESTEPS)[torch.randint(len(STUDENT_TIMESTEPS), (n,), generator=g)].to(dev)
+        t = torch.tensor(self.timesteps)[torch.randint(len(self.timesteps), (n,), generator=g)].to(dev)
         t_hat = torch.sigmoid(cfg.ladd_t_hat_mean + torch.randn(n, generator=g)).to(dev)  # logit-normal(m, 1)
         noise, n_fake, n_real = (torch.randn(x0.shape, generator=g).to(dev) for _ in range(3))
         if cfg.ladd_distill_weight > 0:  # reflow pairs: the student's input lies between x0 and its own noise
