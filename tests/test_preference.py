@@ -13,7 +13,7 @@ from flowfactory.eval import geneval
 from flowfactory.eval.analyzer import analyze
 from flowfactory.images import load_image, save_image
 from flowfactory.pipeline import Pipeline
-from flowfactory.train.preference import DPOTrainer, dpo_loss, judge_pairs
+from flowfactory.train.preference import DPOTrainer, dpo_loss, judge_pairs, judge_prompts
 
 
 def test_dpo_loss_matches_a_hand_computed_example():
@@ -116,3 +116,16 @@ def test_solution_judge_prefers_the_worlds_rendering_over_a_failing_sample(tmp_p
         assert rec["source"] == "analyzer-solution" and rec["chosen"].startswith("images/solution-")
         assert geneval.score(p, chosen) and not geneval.score(p, rejected)
         assert rec["margin"] == round(1.0 - geneval.partial_credit(p, rejected), 4) > 0
+
+
+def test_judge_prompts_draw_further_grammar_seeds_beyond_one_draw():
+    """One draw holds about 200 usable prompts; a larger pool keeps those first (same order) and
+    appends new texts from further draws, never a benchmark text and never a repeat."""
+    one = judge_prompts(10_000, max_draws=1)
+    big = judge_prompts(len(one) + 300)
+    assert len(big) == len(one) + 300 and [p.text for p in big[: len(one)]] == [p.text for p in one]
+    texts = [p.text for p in big]
+    assert len(set(texts)) == len(texts) and not set(texts) & {p.text for p in geneval.prompt_set()}
+    assert not any(p.held_out for p in big)
+    only = judge_prompts(300, tasks=["position"])
+    assert len(only) == 300 and {p.task for p in only} == {"position"}

@@ -99,7 +99,8 @@ def cmd_align(args) -> None:
         stats = preference.judge_pairs(pipe, args.out, args.prompts, args.samples, args.steps, args.guidance,
                                        args.seed, progress=not args.json, graded=args.graded, tasks=tasks,
                                        solutions=args.solutions)  # fmt: skip
-        print(json.dumps(stats) if args.json else f"{stats['pairs']} pairs from {stats['prompts']} prompts -> "
+        short = "" if stats["prompts"] >= args.prompts else " (the grammar holds no more new prompts)"
+        print(json.dumps(stats) if args.json else f"{stats['pairs']} pairs from {stats['prompts']} prompts{short} -> "
               f"{args.out}/pairs.jsonl; pass rates {stats['pass_rate_by_task']}")  # fmt: skip
         return
     if not Path(args.pairs).is_file():

@@ -93,6 +93,28 @@ class DPOTrainer(Trainer):
         return {**super().train_step(), **self.last_pair_metrics}
 
 
+def judge_prompts(n: int, seed: int = 1, tasks: list[str] | None = None, max_draws: int = 64) -> list:
+    """`n` distinct in-distribution prompts of the geneval grammar that are not benchmark texts (only
+    `tasks`' if given), the tasks taken in turn. One draw of the grammar (seed 1000 + `seed`) holds about
+    200 such prompts; larger pools append further draws (seeds 1000 + `seed` + 7919 r), so a pool's first
+    prompts never depend on its size. Fewer than `n` only when the grammar runs out of new texts."""
+    from flowfactory.eval import geneval
+
+    seen = {p.text for p in geneval.prompt_set()}
+    pool: list = []
+    for r in range(max_draws):
+        groups: dict[str, list] = {}
+        for p in geneval.prompt_set(seed=1000 + seed + 7919 * r):
+            if not p.held_out and p.text not in seen and (tasks is None or p.task in tasks):
+                seen.add(p.text)
+                groups.setdefault(p.task, []).append(p)
+        # every task represented: take the tasks' prompts in turn (the set is ordered by task)
+        pool += [p for group in itertools.zip_longest(*groups.values()) for p in group if p is not None]
+        if len(pool) >= n:
+            break
+    return pool[:n]
+
+
 def judge_pairs(pipe: Pipeline, out: str | Path, prompts: int = 200, k: int = 4, steps: int = 20,
                 guidance: float = 3.0, seed: int = 1, batch_size: int = 64, progress: bool = True,
                 graded: bool = False, tasks: list[str] | None = None, solutions: bool = False) -> dict:  # fmt: skip
@@ -101,18 +123,12 @@ def judge_pairs(pipe: Pipeline, out: str | Path, prompts: int = 200, k: int = 4,
     (`geneval.partial_credit`), when they differ; `solutions`: the world's rendering of the
     prompt (`geneval.solve`) is chosen over the model's least satisfying sample whenever that
     sample fails (self-play against the data, for tasks the model rarely passes). Prompts come
-    from the geneval grammar under another seed (only `tasks`' if given), never a benchmark text."""
+    from `judge_prompts`: the geneval grammar under other seeds, never a benchmark text."""
     from flowfactory.data.shapes import render
     from flowfactory.eval import geneval
     from flowfactory.eval.run import score_prompts
 
-    bench = {p.text for p in geneval.prompt_set()}
-    groups: dict[str, list] = {}
-    for p in geneval.prompt_set(seed=1000 + seed):
-        if not p.held_out and p.text not in bench and (tasks is None or p.task in tasks):
-            groups.setdefault(p.task, []).append(p)
-    # every task represented: take the tasks' prompts in turn (the set is ordered by task)
-    pool = [p for group in itertools.zip_longest(*groups.values()) for p in group if p is not None][:prompts]
+    pool = judge_prompts(prompts, seed, tasks)
     passed, credits, images, _ = score_prompts(pipe, pool, k, steps, guidance, batch_size, progress=progress,
                                                keep=lambda job: True, seed=seed * 1_000_000)  # fmt: skip
     out = Path(out)
