@@ -136,6 +136,16 @@ def test_align_judge_refuses_bad_options_before_sampling(tmp_path):
     assert not out.exists()
 
 
+def test_guidance_distillation_refuses_a_student_without_a_guidance_embedding(tiny_ckpt, tmp_path):
+    out = tmp_path / "dev"
+    rc, _, err = run("distill", "guidance", "--teacher", str(tiny_ckpt), "--out", str(out), "--student", str(tiny_ckpt))
+    assert_one_line_error(rc, err, "has no guidance embedding")
+    rc, _, err = run("distill", "guidance", "--teacher", str(tiny_ckpt), "--out", str(out), "--student",
+                     "flowfactory/assets/shapes-demo-dev.safetensors")  # fmt: skip
+    assert_one_line_error(rc, err, "not the teacher's architecture")
+    assert not out.exists()
+
+
 def test_ladd_refuses_a_student_of_another_architecture(tiny_ckpt, tmp_path):
     out = tmp_path / "schnell"
     rc, _, err = run("distill", "ladd", "--teacher", str(tiny_ckpt), "--out", str(out), "--student",

@@ -54,6 +54,23 @@ def test_student_starts_as_the_teacher_conditional_and_learns_the_guided_target(
     assert images.shape == (1, 3, 16, 16)
 
 
+def test_guidance_distillation_continues_a_dev_student(tmp_path):
+    tea = teacher()
+    dev = guidance_student(tea)
+    randomize_(dev.transformer.guidance_in, std=0.1)  # a trained guidance embedding
+    cfg = dataclasses.replace(recipe("tiny-dev"), steps=2, val_every=0)
+    d = GuidanceDistiller(cfg, tmp_path, tea, progress=False, student=dev)
+    assert d.pipe.transformer is not dev.transformer  # a copy: the dev model is left as it was
+    assert all(torch.equal(v, d.pipe.transformer.state_dict()[k]) for k, v in dev.transformer.state_dict().items())
+    trained = dev.transformer.guidance_in.out_layer.weight
+    fresh = GuidanceDistiller(cfg, tmp_path / "fresh", tea, progress=False)  # default: the teacher, zero embedding
+    assert not fresh.pipe.transformer.guidance_in.out_layer.weight.any()
+    d.fit()
+    assert not torch.equal(d.pipe.transformer.guidance_in.out_layer.weight, trained)  # it trains on from there
+    with pytest.raises(ValueError, match="guidance-distilled"):
+        GuidanceDistiller(cfg, tmp_path / "plain", tea, progress=False, student=teacher())
+
+
 def test_ladd_discriminator_learns_teacher_frozen_student_moves(tmp_path):
     from flowfactory.train.distill import LADDTrainer
 

@@ -67,18 +67,21 @@ def cmd_distill(args) -> None:
         cfg = dataclasses.replace(cfg, ladd_t_hat_mean=args.t_hat_mean)
     if getattr(args, "shifted_schedule", False):
         cfg = dataclasses.replace(cfg, ladd_schedule_shift=True)
+    student = Pipeline.from_checkpoint(args.student) if args.student else None
+    if student is not None and not same_backbone(teacher.cfg, student.cfg):
+        raise UserError(f"--student {args.student} is not the teacher's architecture ('{student.cfg.name}' vs "
+                        f"'{teacher.cfg.name}'): start from the teacher's own dev tier")  # fmt: skip
     if args.method == "ladd":
         if teacher.cfg.micro_cond or teacher.cfg.channel_cond:
             raise UserError(f"LADD distils plain text-to-image models; '{teacher.cfg.name}' takes image conditioning")
-        student = Pipeline.from_checkpoint(args.student) if args.student else None
-        if student is not None and not same_backbone(teacher.cfg, student.cfg):
-            raise UserError(f"--student {args.student} is not the teacher's architecture ('{student.cfg.name}' vs "
-                            f"'{teacher.cfg.name}'): start from the teacher's own dev tier")  # fmt: skip
         trainer = LADDTrainer(cfg, args.out, teacher, device=args.device, resume=not args.no_resume,
                               progress=not args.json, student=student)  # fmt: skip
     else:
+        if student is not None and not student.cfg.flux.guidance_embed:
+            raise UserError(f"--student {args.student} has no guidance embedding: give a guidance-distilled model "
+                            "(a dev tier), or leave --student out to start from the teacher")  # fmt: skip
         trainer = GuidanceDistiller(cfg, args.out, teacher, device=args.device, resume=not args.no_resume,
-                                    progress=not args.json)  # fmt: skip
+                                    progress=not args.json, student=student)  # fmt: skip
     metrics = trainer.fit()
     if trainer.env.is_main:
         print(json.dumps(metrics) if args.json else f"done: step {trainer.step}, {metrics}")
@@ -206,6 +209,8 @@ def register(sub) -> None:
     gd.add_argument("--teacher", required=True, help="the teacher checkpoint (a true-CFG model)")
     gd.add_argument("--recipe", default="shapes-dev", help="training recipe (data, steps, lr, guidance range)")
     gd.add_argument("--guidance-range", type=float, nargs=2, metavar=("MIN", "MAX"), help="override: scales drawn")
+    gd.add_argument("--student", help="continue this guidance-distilled model of the teacher (its dev tier, a "
+                    "fresh optimizer) instead of starting from the teacher")
     _run_args(gd)
     gd.set_defaults(func=cmd_distill)
     la = dsub2.add_parser("ladd", help="latent adversarial diffusion distillation ([schnell]): 1-4 steps")

@@ -65,17 +65,22 @@ def teacher_cfg_target(teacher: Pipeline, x_t: Tensor, ids: Tensor, prompts: lis
 
 
 class GuidanceDistiller(Trainer):
-    """The trainer with the distillation objective in place of the rectified-flow loss."""
+    """The trainer with the distillation objective in place of the rectified-flow loss. The student
+    starts as the teacher with a new guidance embedding, or as `student`: a guidance-distilled
+    model of the same teacher (its `dev` tier), to train further with a fresh optimizer."""
 
     def __init__(self, cfg: TrainConfig, out_dir, teacher: Pipeline, device: str = "cpu", resume: bool = True,
-                 progress: bool = True):  # fmt: skip
+                 progress: bool = True, student: Pipeline | None = None):  # fmt: skip
         if cfg.model.micro_cond or cfg.model.channel_cond:
             raise ValueError("guidance distillation takes plain text-to-image models")
+        if student is not None and not (student.cfg.flux.guidance_embed and same_backbone(teacher.cfg, student.cfg)):
+            raise ValueError("the student must be a guidance-distilled model of the teacher's architecture")
         cfg = dataclasses.replace(cfg, text_dropout=0.0, train_text_encoder=False,
                                   model=dataclasses.replace(teacher.cfg, flux=dataclasses.replace(
                                       teacher.cfg.flux, guidance_embed=True)))  # fmt: skip
         self.teacher = teacher.eval().requires_grad_(False)
-        super().__init__(cfg, out_dir, device, resume, progress, init=guidance_student(teacher))
+        init = copy.deepcopy(student) if student is not None else guidance_student(teacher)
+        super().__init__(cfg, out_dir, device, resume, progress, init=init)
         self.teacher.to(self.env.device)
 
     def guidance_scales(self, n: int, validation: bool = False) -> Tensor:
