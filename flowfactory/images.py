@@ -19,11 +19,31 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def save_image(image: torch.Tensor, path: str | Path) -> None:
-    """One image `[3, H, W]` in [-1, 1] -> PNG."""
+def check_output_path(path: str | Path) -> Path:
+    """`path` as an image file to write: its extension must name a format Pillow writes (.png,
+    .jpg, .webp, ...). Checked before any work, so a typo costs no generation."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8(image[None])[0]).save(path)
+    writable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+    if path.suffix.lower() not in writable:
+        raise UserError(f"cannot write {path}: '{path.suffix or '(no extension)'}' is not an image format "
+                        "(use .png, .jpg or .webp)")  # fmt: skip
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a directory")
+    return path
+
+
+def _write(array: np.ndarray, path: str | Path) -> None:
+    path = check_output_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def save_image(image: torch.Tensor, path: str | Path) -> None:
+    """One image `[3, H, W]` in [-1, 1] -> an image file (format from the extension)."""
+    _write(to_uint8(image[None])[0], path)
 
 
 def save_grid(images: torch.Tensor, path: str | Path, cols: int | None = None) -> None:
@@ -34,9 +54,7 @@ def save_grid(images: torch.Tensor, path: str | Path, cols: int | None = None) -
     for i, im in enumerate(to_uint8(images)):
         r, c = divmod(i, cols)
         grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = im
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
+    _write(grid, path)
 
 
 MAX_PIXELS = 1 << 28  # larger images are refused as decompression bombs (268M pixels, 16k x 16k)

@@ -53,6 +53,22 @@ def test_bad_image_size(tiny_ckpt, tmp_path):
     assert_one_line_error(rc, err, "not a positive multiple of the model's stride 2")
 
 
+def test_bad_output_path_steps_and_image_count(tiny_ckpt, tmp_path):
+    """Checked before the model runs: an output that is no image format or a directory, zero steps
+    (not silently the default) and zero images; nothing is written."""
+    base = ("generate", "a red circle", "--checkpoint", str(tiny_ckpt), "--steps", "2")
+    assert_one_line_error(*run(*base, "-o", str(tmp_path / "a.txt"))[::2], "'.txt' is not an image format")
+    assert_one_line_error(*run(*base, "-o", str(tmp_path / "noext"))[::2], "'(no extension)' is not an image format")
+    (tmp_path / "d.png").mkdir()
+    assert_one_line_error(*run(*base, "-o", str(tmp_path / "d.png"))[::2], "it is a directory")
+    out = str(tmp_path / "a.png")
+    assert_one_line_error(*run(*base, "-o", out, "--steps", "0")[::2], "steps must be at least 1, got 0")
+    assert_one_line_error(*run(*base, "-o", out, "--num-images", "0")[::2], "--num-images must be at least 1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.png"]
+    rc, _, err = run(*base, "-o", str(tmp_path / "a.jpg"))  # any format Pillow writes
+    assert rc == 0 and (tmp_path / "a.jpg").stat().st_size > 0, err
+
+
 def test_empty_prompt(tiny_ckpt):
     rc, _, err = run("generate", "  ", "--checkpoint", str(tiny_ckpt))
     assert_one_line_error(rc, err, "empty prompt")

@@ -23,19 +23,23 @@ def _generate(args, default_ckpt: Path, prompt: str, condition=None, size_hint: 
     `size_hint` is the default output (height, width) (the input image's, for editing);
     `default_tiers` the manifest `--tier` reads when no `--tiers` is given (None: the command has none).
     """
-    from flowfactory.images import save_grid, save_image
+    from flowfactory.images import check_output_path, save_grid, save_image
     from flowfactory.pipeline import Pipeline
 
     if not prompt.strip() and not allow_empty:
         raise UserError("empty prompt: describe the image to generate")
-    steps, guidance = args.steps or 28, 3.5 if args.guidance is None else args.guidance
+    if args.num_images < 1:
+        raise UserError(f"--num-images must be at least 1, got {args.num_images}")
+    out = check_output_path(args.output)
+    steps = 28 if args.steps is None else args.steps
+    guidance = 3.5 if args.guidance is None else args.guidance
     if args.tier:
         from flowfactory.tiers import resolve_tier
 
         if not args.tiers and default_tiers is None:
             raise UserError("no tiers are shipped for this command: pass --tiers FILE")
         tier = resolve_tier(args.tiers or default_tiers, args.tier)
-        default_ckpt, steps = tier.checkpoint, args.steps or tier.steps
+        default_ckpt, steps = tier.checkpoint, tier.steps if args.steps is None else args.steps
         guidance = tier.guidance if args.guidance is None else args.guidance
     ckpt = Path(args.checkpoint) if args.checkpoint else default_ckpt
     lora = args.lora or (default_lora if not args.checkpoint and not args.tier else None)
@@ -56,7 +60,6 @@ def _generate(args, default_ckpt: Path, prompt: str, condition=None, size_hint: 
     cond = condition(pipe, height, width).repeat(args.num_images) if condition else None
     images, timings = pipe.generate([prompt] * args.num_images, height, width, steps=steps, guidance=guidance,
                                     seed=args.seed, solver=args.solver, autocast=autocast, cond=cond)  # fmt: skip
-    out = Path(args.output)
     if args.num_images == 1:
         save_image(images[0], out)
     else:
