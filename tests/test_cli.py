@@ -62,11 +62,26 @@ def test_bad_output_path_steps_and_image_count(tiny_ckpt, tmp_path):
     (tmp_path / "d.png").mkdir()
     assert_one_line_error(*run(*base, "-o", str(tmp_path / "d.png"))[::2], "it is a directory")
     out = str(tmp_path / "a.png")
-    assert_one_line_error(*run(*base, "-o", out, "--steps", "0")[::2], "steps must be at least 1, got 0")
-    assert_one_line_error(*run(*base, "-o", out, "--num-images", "0")[::2], "--num-images must be at least 1")
+    assert_one_line_error(*run(*base, "-o", out, "--steps", "0")[::2], "--steps: must be at least 1, got 0")
+    assert_one_line_error(*run(*base, "-o", out, "--num-images", "0")[::2], "--num-images: must be at least 1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.png"]
     rc, _, err = run(*base, "-o", str(tmp_path / "a.jpg"))  # any format Pillow writes
     assert rc == 0 and (tmp_path / "a.jpg").stat().st_size > 0, err
+
+
+def test_counts_and_rates_are_checked_before_any_work(tmp_path):
+    """Zero or negative counts and non-positive learning rates are usage errors (they used to train
+    nothing and exit 0, divide by zero, or end in an optimizer's traceback)."""
+    out = tmp_path / "run"
+    for args, needle in [(("eval", "editbench", "--pairs", "0"), "--pairs: must be at least 1, got 0"),
+                         (("eval", "geneval", "--batch-size", "-2"), "--batch-size: must be at least 1, got -2"),
+                         (("eval", "geneval", "--limit", "x"), "--limit: invalid integer 'x'"),
+                         (("train", "--recipe", "tiny-shapes", "--steps", "0"), "--steps: must be at least 1"),
+                         (("train", "--recipe", "tiny-shapes", "--lr", "nan"), "--lr: must be a positive number"),
+                         (("train", "--recipe", "tiny-shapes", "--lora-rank", "0"), "--lora-rank: must be at least 1"),
+                         (("align", "dpo", "--pairs", "p.jsonl", "--lr", "-1"), "--lr: must be a positive number")]:
+        assert_one_line_error(*run(*args, "--out", str(out))[::2], needle)
+    assert not out.exists()
 
 
 def test_empty_prompt(tiny_ckpt):

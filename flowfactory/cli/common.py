@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 from pathlib import Path
 
 from flowfactory.errors import UserError
@@ -15,6 +17,33 @@ DEFAULT_REDUX_CHECKPOINT = ASSETS / "shapes-redux.safetensors"  # image variatio
 DEFAULT_CONTROL_LORA = ASSETS / "shapes-canny-lora.safetensors"  # edge-map Control-LoRA on the demo model
 DEFAULT_TIERS = ASSETS / "tiers.json"  # pro / dev / schnell of the text-to-image model
 DEFAULT_EDIT_TIERS = ASSETS / "tiers-edit.json"  # pro / dev / schnell of the edit model
+
+
+def at_least(lo: int):
+    """argparse type: an integer >= `lo`, so that a zero or negative count is a usage error before any work."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid integer '{text}'") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (learning rates)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number '{text}'") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
 
 
 def _device_dtype(args):
@@ -66,7 +95,7 @@ def _generation_args(g) -> None:
     g.add_argument("--tier", choices=["pro", "dev", "schnell"],
                    help="a tier of the model (its checkpoint, steps, guidance)")
     g.add_argument("--tiers", help="tier manifest (default: the shipped model's, tiers.json or tiers-edit.json)")
-    g.add_argument("--steps", type=int, help="solver steps (default: the tier's, else 28)")
+    g.add_argument("--steps", type=at_least(1), help="solver steps (default: the tier's, else 28)")
     g.add_argument("--guidance", type=float,
                    help="guidance scale: embedded for guidance-distilled models, true CFG otherwise (1 = off; "
                    "default: the tier's, else 3.5)")
@@ -74,7 +103,7 @@ def _generation_args(g) -> None:
     g.add_argument("--size", type=int, help="square image side (default: the model's training resolution)")
     g.add_argument("--height", type=int, help="image height (overrides --size)")
     g.add_argument("--width", type=int, help="image width (overrides --size)")
-    g.add_argument("--num-images", type=int, default=1, help="images for the prompt, saved as one grid")
+    g.add_argument("--num-images", type=at_least(1), default=1, help="images for the prompt, saved as one grid")
     g.add_argument("--device", default="cpu", help="cpu or cuda (cuda runs in bf16)")
     g.add_argument("--bf16", action="store_true",
                    help="bf16 autocast on the CPU too (only CPUs with AVX512-BF16 or AMX run it fast)")
@@ -82,7 +111,7 @@ def _generation_args(g) -> None:
 
 
 def _lora_args(p) -> None:
-    p.add_argument("--lora-rank", type=int, help="train LoRA adapters of this rank on the frozen transformer")
+    p.add_argument("--lora-rank", type=at_least(1), help="train LoRA adapters of this rank on the frozen transformer")
     p.add_argument("--lora-targets", help="adapted layers: attention, all-linear, or a regex of layer names")
 
 
@@ -91,18 +120,18 @@ def _data_args(p) -> None:
                    "cache:DIR, or a mixture A@0.7+B@0.3)")
     p.add_argument("--buckets", action="store_true", help="aspect-ratio buckets at the training pixel count")
     p.add_argument("--tombstones", help="deletion list honoured by every source (default: the user's list)")
-    p.add_argument("--data-workers", type=int, help="worker processes that make the coming batches while the model "
-                   "trains (map-style data; default 0: in the training process)")
+    p.add_argument("--data-workers", type=at_least(0), help="worker processes that make the coming batches while "
+                   "the model trains (map-style data; default 0: in the training process)")
 
 
 def _run_args(p) -> None:
     """The flags of a training run: output, the usual overrides, data, LoRA, resume, device."""
     p.add_argument("--out", required=True, help="run directory (resumes from it)")
-    p.add_argument("--steps", type=int, help="override: optimizer steps")
-    p.add_argument("--batch-size", type=int, help="override: global batch size")
-    p.add_argument("--lr", type=float, help="override: peak learning rate")
-    p.add_argument("--cooldown", type=int, help="override: linear decay to 0 over the last N steps")
-    p.add_argument("--checkpoint-every", type=int, help="override: steps between checkpoints and saved states")
+    p.add_argument("--steps", type=at_least(1), help="override: optimizer steps")
+    p.add_argument("--batch-size", type=at_least(1), help="override: global batch size")
+    p.add_argument("--lr", type=positive_float, help="override: peak learning rate")
+    p.add_argument("--cooldown", type=at_least(0), help="override: linear decay to 0 over the last N steps")
+    p.add_argument("--checkpoint-every", type=at_least(1), help="override: steps between checkpoints and saved states")
     _data_args(p)
     _lora_args(p)
     p.add_argument("--no-resume", action="store_true", help="start over even if the run directory has a state")

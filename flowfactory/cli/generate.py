@@ -28,8 +28,6 @@ def _generate(args, default_ckpt: Path, prompt: str, condition=None, size_hint: 
 
     if not prompt.strip() and not allow_empty:
         raise UserError("empty prompt: describe the image to generate")
-    if args.num_images < 1:
-        raise UserError(f"--num-images must be at least 1, got {args.num_images}")
     out = check_output_path(args.output)
     steps = 28 if args.steps is None else args.steps
     guidance = 3.5 if args.guidance is None else args.guidance

@@ -6,7 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from flowfactory.cli.common import DEFAULT_CHECKPOINT, DEFAULT_EDIT_CHECKPOINT, DEFAULT_REDUX_CHECKPOINT, _device_dtype
+from flowfactory.cli.common import (DEFAULT_CHECKPOINT, DEFAULT_EDIT_CHECKPOINT, DEFAULT_REDUX_CHECKPOINT,
+                                    _device_dtype, at_least)  # fmt: skip
 from flowfactory.errors import UserError
 
 
@@ -148,11 +149,11 @@ def register(sub) -> None:
                    "autoencoder's round trip of the solutions)")  # fmt: skip
     e.add_argument("--checkpoint", help="model to evaluate (default: the shipped demo model)")
     e.add_argument("--out", default="results", help="directory for the JSON, markdown table and PNG grid")
-    e.add_argument("--images-per-prompt", type=int, default=4)
-    e.add_argument("--steps", type=int, default=20)
+    e.add_argument("--images-per-prompt", type=at_least(1), default=4)
+    e.add_argument("--steps", type=at_least(1), default=20)
     e.add_argument("--guidance", type=float, default=3.0)
-    e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--limit", type=int, help="only the first N prompts (quick checks)")
+    e.add_argument("--batch-size", type=at_least(1), default=64)
+    e.add_argument("--limit", type=at_least(1), help="only the first N prompts (quick checks)")
     e.add_argument("--seed", type=int, default=0,
                    help="geneval: noise seed (another seed, the same prompts: for seed-averaged comparisons)")
     e.add_argument("--editor", default="identity",
@@ -163,9 +164,9 @@ def register(sub) -> None:
     e.add_argument("--lora", help="fill / control: a LoRA file to apply (Control-LoRA)")
     e.add_argument("--captions", action="store_true",
                    help="variation: prompt with the references' captions instead of their images (reference point)")
-    e.add_argument("--identity-chains", type=int, default=0,
+    e.add_argument("--identity-chains", type=at_least(0), default=0,
                    help="editbench with a model: also edit N character scenes 5 times and report identity")
-    e.add_argument("--pairs", type=int, default=200,
+    e.add_argument("--pairs", type=at_least(1), default=200,
                    help="editbench: pairs (>= 200 for the benchmark); fill / control / variation: cases (>= 100)")
     e.add_argument("--device", default="cpu", help="cpu or cuda")
     e.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU")
@@ -174,7 +175,7 @@ def register(sub) -> None:
 
     i = sub.add_parser("info", help="parameters and forward FLOPs of a named model")
     i.add_argument("--model", default="flux1-dev", help=f"one of: {', '.join(MODELS)}")
-    i.add_argument("--resolution", type=int, default=1024, help="square image side in pixels")
-    i.add_argument("--text-tokens", type=int, help="text tokens (default: the model's text length)")
+    i.add_argument("--resolution", type=at_least(1), default=1024, help="square image side in pixels")
+    i.add_argument("--text-tokens", type=at_least(1), help="text tokens (default: the model's text length)")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=cmd_info)
