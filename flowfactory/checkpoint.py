@@ -27,14 +27,19 @@ COMPONENTS = ("transformer", "autoencoder", "text_encoder")
 def atomic_write(path: str | Path, write) -> None:
     """Call `write(tmp_path)` and move the result over `path` only once it is complete."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a directory")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:  # no such directory, permission, a full disk: the old file (if any) is untouched
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from e
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

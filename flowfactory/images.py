@@ -33,12 +33,12 @@ def check_output_path(path: str | Path) -> Path:
 
 
 def _write(array: np.ndarray, path: str | Path) -> None:
+    """Write atomically (a reader never sees half a file), the format from the extension."""
+    from flowfactory.checkpoint import atomic_write
+
     path = check_output_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(array).save(path)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from e
+    fmt = Image.registered_extensions()[path.suffix.lower()]
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format=fmt))
 
 
 def save_image(image: torch.Tensor, path: str | Path) -> None:

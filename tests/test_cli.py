@@ -185,3 +185,25 @@ def test_ladd_refuses_a_student_of_another_architecture(tiny_ckpt, tmp_path):
     assert_one_line_error(*run("distill", "ladd", "--teacher", str(tiny_ckpt), "--out", str(out), "--d-lr-mult",
                                "0")[::2], "--d-lr-mult must be positive")  # fmt: skip
     assert not out.exists()
+
+
+def test_atomic_write_refuses_a_directory_and_keeps_the_old_file_when_a_write_fails(tmp_path):
+    from flowfactory.checkpoint import atomic_write
+    from flowfactory.errors import UserError
+
+    with pytest.raises(UserError, match="it is a directory"):
+        atomic_write(tmp_path, lambda tmp: None)
+    target = tmp_path / "m.json"
+    target.write_text("old")
+
+    def failing(tmp):
+        open(tmp, "w").write("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(UserError, match="cannot write .*m.json: No space left on device"):
+        atomic_write(target, failing)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["m.json"]
+    atomic_write(target, lambda tmp: open(tmp, "w").write("new"))
+    assert target.read_text() == "new"
+    rc, _, err = run("curate", str(tmp_path), "--out", str(tmp_path))
+    assert_one_line_error(rc, err, "is a directory: give the manifest file to write")

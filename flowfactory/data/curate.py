@@ -61,6 +61,8 @@ def curate(root: str | Path, out: str | Path, opts: CurateOptions, progress: boo
     root, out = Path(root).resolve(), Path(out)
     if not root.is_dir():
         raise UserError(f"image folder {root} does not exist")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory: give the manifest file to write (e.g. {out / 'curated.jsonl'})")
     scorer = load_scorer(opts.scorer) if opts.scorer else None
     tomb = Tombstones(opts.tombstones or None)
     meta = _read_manifest(root / "metadata.jsonl") if (root / "metadata.jsonl").exists() else {}
