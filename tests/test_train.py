@@ -33,6 +33,29 @@ def test_training_lowers_validation_loss(tmp_path):
     assert images.shape == (1, 3, 16, 16) and torch.equal(images, again)
 
 
+def test_ema_decay_warms_up_so_a_short_run_exports_its_recent_weights(tmp_path):
+    """At decay 0.999 without warm-up, 100 updates towards a parameter that jumped from 0 to 1
+    would leave the EMA at 1 - 0.999^100 = 0.095 (the export mostly the starting point); with
+    min(decay, (1 + n) / (10 + n)) it is past 0.9, and a long run still averages at 0.999.
+    Training logs the EMA weights' validation loss next to the trained weights'."""
+    from flowfactory.train.trainer import EMA
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    ema = EMA([p], 0.999)
+    with torch.no_grad():
+        p.fill_(1.0)
+    for n in range(100):
+        ema.update(n)
+    assert 0.9 < ema.shadow[0][0].item() < 1.0
+    assert ema.decay_at(0) == 0.1 and ema.decay_at(20_000) == 0.999
+
+    cfg = short_config(ema_decay=0.99, steps=6, val_every=3)
+    Trainer(cfg, tmp_path, progress=False).fit()
+    logged = [m for m in read_metrics(tmp_path / "metrics.jsonl") if "val_loss" in m and m["step"] > 0]
+    assert [m["step"] for m in logged] == [3, 6] and all(m["val_loss_ema"] > 0 for m in logged)
+    assert logged[-1]["val_loss_ema"] != logged[-1]["val_loss"]
+
+
 def _same_weights(one, other) -> bool:
     a, b = _weights(one), _weights(other)
     return all(torch.equal(a[k], b[k]) for k in a)

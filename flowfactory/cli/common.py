@@ -59,7 +59,7 @@ def _train_config(args, cfg):
     """A recipe's config with the command line's overrides (shared by train and cache)."""
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "cooldown", "precision", "parallel",
                                               "grad_accum", "image_size", "seed", "tombstones", "lora_rank",
-                                              "lora_targets", "data_workers", "checkpoint_every")
+                                              "lora_targets", "data_workers", "checkpoint_every", "ema_decay")
                  if getattr(args, k, None) is not None}  # fmt: skip
     if getattr(args, "data", None):
         overrides["dataset"] = args.data
@@ -110,6 +110,22 @@ def _generation_args(g) -> None:
     g.add_argument("--json", action="store_true", help="print a JSON record (prompt, seed, steps, guidance, timings)")
 
 
+def ema_decay(text: str) -> float:
+    """argparse type: an EMA decay in [0, 1) (0: no EMA, the exported model is the trained weights)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number '{text}'") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _ema_arg(p) -> None:
+    p.add_argument("--ema-decay", type=ema_decay, help="override: decay of the exported weights' moving average "
+                   "(0: export the trained weights themselves)")
+
+
 def _lora_args(p) -> None:
     p.add_argument("--lora-rank", type=at_least(1), help="train LoRA adapters of this rank on the frozen transformer")
     p.add_argument("--lora-targets", help="adapted layers: attention, all-linear, or a regex of layer names")
@@ -132,6 +148,7 @@ def _run_args(p) -> None:
     p.add_argument("--lr", type=positive_float, help="override: peak learning rate")
     p.add_argument("--cooldown", type=at_least(0), help="override: linear decay to 0 over the last N steps")
     p.add_argument("--checkpoint-every", type=at_least(1), help="override: steps between checkpoints and saved states")
+    _ema_arg(p)
     _data_args(p)
     _lora_args(p)
     p.add_argument("--no-resume", action="store_true", help="start over even if the run directory has a state")

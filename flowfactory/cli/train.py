@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from flowfactory.cli.common import (DEFAULT_CHECKPOINT, _data_args, _device_dtype, _init_pipeline, _lora_args,
-                                    _run_args, _train_config, at_least, positive_float)  # fmt: skip
+                                    _run_args, _train_config, _ema_arg, at_least,
+                                    positive_float)  # fmt: skip
 from flowfactory.errors import UserError
 
 
@@ -193,6 +194,7 @@ def register(sub) -> None:
                    help="override: decay the learning rate linearly to 0 over the last N steps")
     t.add_argument("--image-size", type=at_least(1), help="override: training resolution")
     t.add_argument("--checkpoint-every", type=at_least(1), help="override: steps between checkpoints and saved states")
+    _ema_arg(t)
     t.add_argument("--precision", choices=["fp32", "bf16"], help="override: fp32 or bf16 autocast")
     t.add_argument("--parallel", choices=["ddp", "fsdp"], help="override: data parallelism under torchrun")
     t.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")

@@ -282,7 +282,7 @@ class LADDTrainer(Trainer):
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         self.opt.step()
         if self.ema:
-            self.ema.update()
+            self.ema.update(self.step)
         self.step += 1
         return {"loss": total.item(), "g_loss": g_loss.item(), "distill_loss": distill_loss.item(),
                 "d_loss": d_loss.item(), "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item(),

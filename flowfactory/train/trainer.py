@@ -88,16 +88,25 @@ class Batch:
 
 
 class EMA:
-    """Exponential moving average of the trainable parameters (sharded alike under FSDP)."""
+    """Exponential moving average of the trainable parameters (sharded alike under FSDP).
+
+    The decay warms up, `min(decay, (1 + n) / (10 + n))` at the n-th update (as diffusers' EMA
+    does): a long run averages over ~1 / (1 - decay) steps, and a short one (fine-tuning,
+    distillation: a few hundred steps at 0.999) exports an average of its recent weights instead
+    of one still dominated by its starting point."""
 
     def __init__(self, params: list[nn.Parameter], decay: float):
         self.params = params
         self.decay = decay
         self.shadow = [p.detach().clone() for p in params]
 
+    def decay_at(self, n: int) -> float:
+        return min(self.decay, (1 + n) / (10 + n))
+
     @torch.no_grad()
-    def update(self) -> None:
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - self.decay)
+    def update(self, n: int) -> None:
+        """The n-th update (0-based: the optimizer steps taken before this one)."""
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - self.decay_at(n))
 
     @contextlib.contextmanager
     @torch.no_grad()
@@ -301,7 +310,7 @@ class Trainer:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         if self.ema:
-            self.ema.update()
+            self.ema.update(self.step)
         self.step += 1
         micro = dict(zip((f"micro_{k}" for k in MICRO_FIELDS), self.last_micro))
         return {"loss": D.all_reduce_mean(total, env).item(), "grad_norm": float(grad_norm), "lr": lr_at(self.step - 1, cfg),
@@ -405,7 +414,7 @@ class Trainer:
         bar = tqdm(total=stop, initial=self.step, disable=not self.progress, desc="train", dynamic_ncols=True)
         metrics: dict[str, float] = {}
         if cfg.val_every and self.step == 0:
-            logger.log({"step": 0, "val_loss": self.validation_loss()})
+            logger.log({"step": 0, "val_loss": self.validation_loss()})  # (the EMA equals the weights here)
         logger.log({"step": self.step, "data": cfg.dataset, "bucket_histogram": self.data.histogram()})
         t0, last = time.perf_counter(), self.step
         with StopRequest() as request:
@@ -418,6 +427,9 @@ class Trainer:
                 last_step = self.step == stop or interrupted
                 if cfg.val_every and (self.step % cfg.val_every == 0 or last_step):
                     metrics["val_loss"] = self.validation_loss()
+                    if self.ema:  # the exported model's (EMA weights) too
+                        with self.ema.swapped():
+                            metrics["val_loss_ema"] = self.validation_loss()
                 if self.step % cfg.log_every == 0 or "val_loss" in metrics or last_step:
                     metrics["steps_per_s"] = (self.step - last) / (time.perf_counter() - t0)
                     logger.log(metrics)
