@@ -46,6 +46,7 @@ class ModelConfig:
     max_refs: int = 4  # most context images one call may give
     schedule_shift: bool = True  # sample with the resolution-shifted schedule (few-step students: off)
     redux_grid: int = 0  # image variation (Redux): image tokens per side from pooled latents (0: no Redux)
+    redux_patch: int = 1  # Redux: latent pixels per token side (1: the cell's mean; > 1: flattened patches + positions)
 
     def __post_init__(self):
         ch = self.latent_channels * self.patch**2
@@ -316,6 +317,13 @@ def shapes_redux() -> TrainConfig:
                                freeze_transformer=True, train_text_encoder=False, text_dropout=1.0)  # fmt: skip
 
 
+def shapes_redux_patches() -> TrainConfig:
+    """`shapes-redux` with patch tokens: each of the 4 x 4 tokens is its cell's 4 x 4 latent pixels
+    (128 features at 64 px) plus a learned position, instead of the cell's 8-channel mean."""
+    cfg = shapes_redux()
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, redux_patch=4))
+
+
 def tiny_edits() -> TrainConfig:
     """Kontext training at unit-test size (`tiny-latent` on edit pairs at 16 px)."""
     return dataclasses.replace(tiny_shapes(), model=tiny_latent(), dataset="edits", dataset_size=0, steps=40,
@@ -343,7 +351,8 @@ RECIPES: dict[str, Callable[[], Recipe]] = {"tiny-shapes": tiny_shapes, "shapes-
                                             "shapes-schnell": shapes_schnell, "shapes-edit-dev": shapes_edit_dev,
                                             "shapes-edit-schnell": shapes_edit_schnell, "tiny-schnell": tiny_schnell,
                                             "shapes-fill": shapes_fill, "shapes-canny-lora": shapes_canny_lora,
-                                            "shapes-redux": shapes_redux}  # fmt: skip
+                                            "shapes-redux": shapes_redux,
+                                            "shapes-redux-patches": shapes_redux_patches}  # fmt: skip
 
 
 def recipe_stages(name: str) -> list[tuple[str, TrainConfig]]:

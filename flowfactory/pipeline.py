@@ -48,7 +48,8 @@ class Pipeline(nn.Module):
         self.autoencoder = autoencoder
         self.text_encoder = text_encoder
         if redux is None and cfg.redux_grid:
-            redux = ReduxEncoder(ReduxParams(cfg.latent_channels, cfg.flux.context_in_dim, cfg.redux_grid))
+            redux = ReduxEncoder(ReduxParams(cfg.latent_channels * cfg.redux_patch**2, cfg.flux.context_in_dim,
+                                             cfg.redux_grid, positions=cfg.redux_patch > 1))  # fmt: skip
         self.redux = redux
 
     # ----- construction and files -----------------------------------------------------------
@@ -162,10 +163,11 @@ class Pipeline(nn.Module):
         self.transformer.params = cfg.flux
         return Pipeline(cfg, self.transformer, self.autoencoder, self.text_encoder, self.redux)
 
-    def with_redux(self, grid: int) -> "Pipeline":
-        """This model with a new (untrained) Redux encoder of `grid` x `grid` image tokens: the start
-        of Redux training on a frozen text-to-image model (`--recipe shapes-redux --init CKPT`)."""
-        cfg = dataclasses.replace(self.cfg, name=f"{self.cfg.name}-redux", redux_grid=grid)
+    def with_redux(self, grid: int, patch: int = 1) -> "Pipeline":
+        """This model with a new (untrained) Redux encoder of `grid` x `grid` image tokens (each of
+        `patch` x `patch` latent pixels): the start of Redux training on a frozen text-to-image model
+        (`--recipe shapes-redux --init CKPT`)."""
+        cfg = dataclasses.replace(self.cfg, name=f"{self.cfg.name}-redux", redux_grid=grid, redux_patch=patch)
         return Pipeline(cfg, self.transformer, self.autoencoder, self.text_encoder)
 
     def with_lora(self, path: str | Path) -> "Pipeline":
@@ -213,10 +215,10 @@ class Pipeline(nn.Module):
         return conditioning.fill(masked, mask.to(masked.device), self.cfg.downsample, self.cfg.patch)
 
     def variation_features(self, image: Tensor) -> Tensor:
-        """Redux: an image -> its pooled-latent features `[B, grid^2, C]` (the encoder's input)."""
+        """Redux: an image -> its latent features `[B, grid^2, C * patch^2]` (the encoder's input)."""
         if self.redux is None:
             raise UserError(f"model '{self.cfg.name}' has no image-variation (Redux) encoder")
-        return latent_features(self._encode_condition(image, "the image"), self.cfg.redux_grid)
+        return latent_features(self._encode_condition(image, "the image"), self.cfg.redux_grid, self.cfg.redux_patch)
 
     def variation_condition(self, image: Tensor) -> Conditioning:
         """Redux: the image's tokens appended to the text stream."""

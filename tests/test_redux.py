@@ -5,6 +5,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 import torch
 from diffusers.pipelines.flux.modeling_flux import ReduxImageEncoder
 from PIL import Image
@@ -14,7 +15,7 @@ from conftest import randomize_
 from flowfactory.config import recipe, tiny_latent
 from flowfactory.data.shapes import Scene, place, render
 from flowfactory.eval.run import _cases, variation_kept
-from flowfactory.models.redux import ReduxEncoder, ReduxParams
+from flowfactory.models.redux import ReduxEncoder, ReduxParams, latent_features
 from flowfactory.pipeline import Pipeline
 from flowfactory.train.trainer import Trainer
 
@@ -28,15 +29,16 @@ def test_projection_matches_diffusers_redux_encoder():
         assert (ours(x) - theirs(x).image_embeds).abs().max() <= 1e-6
 
 
-def redux_cfg():
-    model = dataclasses.replace(tiny_latent(), name="tiny-redux", redux_grid=2)
+def redux_cfg(patch: int = 1):
+    model = dataclasses.replace(tiny_latent(), name="tiny-redux", redux_grid=2, redux_patch=patch)
     return dataclasses.replace(recipe("shapes-redux"), model=model, image_size=16, batch_size=4, steps=5,
                                val_every=0, checkpoint_every=1000, ema_decay=0.0, lr=1e-2, warmup=1,
                                export_dtype="fp32")  # fmt: skip
 
 
-def test_redux_training_moves_only_the_encoder(tmp_path):
-    cfg = redux_cfg()
+@pytest.mark.parametrize("patch", [1, 2])
+def test_redux_training_moves_only_the_encoder(tmp_path, patch):
+    cfg = redux_cfg(patch)
     init = Pipeline.from_config(cfg.model)
     randomize_(init.transformer, std=0.1)
     before = {k: v.clone() for k, v in init.transformer.state_dict().items()}
@@ -48,6 +50,25 @@ def test_redux_training_moves_only_the_encoder(tmp_path):
     assert any(not torch.equal(v, init.redux.state_dict()[k]) for k, v in red0.items())
     out = Pipeline.from_checkpoint(tmp_path / "checkpoints" / "step_0000005.safetensors")
     assert torch.equal(out.redux.redux_up.weight, init.redux.redux_up.weight)
+    assert out.cfg.redux_patch == patch and out.redux.params.redux_dim == 4 * patch**2  # tiny-latent: 4 channels
+    if patch > 1:  # the learned positions trained (from zero) and were saved
+        assert init.redux.pos.abs().max() > 0 and torch.equal(out.redux.pos, init.redux.pos)
+
+
+def test_patch_features_keep_each_cells_pixels_and_positions_tell_cells_apart():
+    z = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(1, 2, 4, 4)
+    assert torch.equal(latent_features(z, 2), z.reshape(1, 2, 2, 2, 2, 2).mean((3, 5)).flatten(2).transpose(1, 2))
+    f = latent_features(z, 2, patch=2)  # [1, 4 cells, 2 channels x 2 x 2]
+    assert f.shape == (1, 4, 8)
+    assert torch.equal(f[0, 1], z[0, :, 0:2, 2:4].flatten())  # cell (row 0, col 1): its channels' 2 x 2 pixels
+    assert torch.equal(latent_features(z, 1, patch=4)[0, 0], z[0].flatten())  # one token: the whole latent
+    enc = ReduxEncoder(ReduxParams(redux_dim=8, txt_dim=16, grid=2, positions=True))
+    same = torch.randn(1, 1, 8).expand(1, 4, 8)
+    assert torch.equal(enc(same)[0, 0], enc(same)[0, 3])  # zero-initialised positions: no change until trained
+    randomize_(enc, std=0.1)
+    assert not torch.allclose(enc(same)[0, 0], enc(same)[0, 3])  # the same patch in another cell: another token
+    with pytest.raises(ValueError, match="positions"):
+        enc(torch.randn(1, 9, 8))
 
 
 def test_vary_command(tmp_path):

@@ -28,7 +28,7 @@ def cmd_train(args) -> None:
             if cfg.model.channel_cond and not init.cfg.channel_cond:  # a text-to-image model becomes fill / control
                 init = init.widened(cfg.model.channel_cond)
             if cfg.model.redux_grid and init.redux is None:  # a text-to-image model gains a Redux encoder
-                init = init.with_redux(cfg.model.redux_grid)
+                init = init.with_redux(cfg.model.redux_grid, cfg.model.redux_patch)
             if init.cfg.name != cfg.model.name:
                 raise UserError(f"recipe trains model '{cfg.model.name}' but {start} holds '{init.cfg.name}'")
         else:

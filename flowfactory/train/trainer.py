@@ -259,7 +259,8 @@ class Trainer:
         if samples[0].reference is not None:  # Redux: the reference image's pooled latents
             with torch.no_grad():
                 z = self.pipe.encode_images(torch.stack([s.reference for s in samples]).to(dev)).float()
-            batch.cond = Conditioning(image_features=latent_features(z, self.cfg.model.redux_grid))
+            m = self.cfg.model
+            batch.cond = Conditioning(image_features=latent_features(z, m.redux_grid, m.redux_patch))
         has = "fill" if samples[0].mask is not None else "control" if samples[0].control is not None else ""
         if has != self.cfg.model.channel_cond:
             need = {"fill": "fill data (--data fills)", "control": "control data (--data controls:edges)", "": "no"}
