@@ -79,6 +79,17 @@ def test_editbench_runs_a_kontext_checkpoint_with_multi_turn_identity(files):
     assert (files / "eb" / "character-identity.json").exists()
 
 
+def test_eval_control_reports_count_and_positions(files):
+    rc, out, err = run("eval", "control", "--checkpoint", str(files / "tiny-control.safetensors"), "--pairs", "4",
+                       "--steps", "1", "--out", str(files / "ctl-eval"), "--json")  # fmt: skip
+    assert rc == 0, err
+    s = json.loads(out)
+    assert s["cases"] == 4 and s["encoder"] == "edges"
+    # every object in place implies the right count; identity too implies in place
+    assert 1 >= s["count_followed"] >= s["positions_followed"] >= s["positions_and_identity"] >= 0
+    assert "count followed" in (files / "ctl-eval" / "control-edges.md").read_text()
+
+
 def test_lora_for_another_base_is_a_clear_error(files, tmp_path):
     from flowfactory.models.lora import apply_lora, save_lora
 

@@ -282,12 +282,13 @@ def run_fill(pipe, out: str | Path, n: int = 100, steps: int = 20, guidance: flo
 def run_control(pipe, out: str | Path, n: int = 100, encoder: str = "edges", steps: int = 20, guidance: float = 3.0,
                 batch_size: int = 25, seed: int = 0) -> dict:  # fmt: skip
     """Control: a scene's edge (or depth) map and caption; a case passes when every object of the
-    scene is found by the analyzer within the position tolerance."""
+    scene is found by the analyzer within the position tolerance. `count_followed` (as many objects
+    as the control image, wherever they are) tells a wrong count from a misplaced object."""
     from flowfactory.data.structure import CONTROL_ENCODERS
 
     size = pipe.cfg.resolution
     cases = _cases(n, seed)
-    placed, exact, shown = [], [], []
+    placed, exact, counted, shown = [], [], [], []
     for start in range(0, n, batch_size):
         chunk = cases[start : start + batch_size]
         ctl = np.stack([CONTROL_ENCODERS[encoder](s, size) for s, _, _ in chunk])
@@ -296,14 +297,16 @@ def run_control(pipe, out: str | Path, n: int = 100, encoder: str = "edges", ste
                                     seed=seed + start, cond=cond)  # fmt: skip
         for (scene, _, _), img, c in zip(chunk, out_imgs, ctl):
             arr = to_uint8(img[None])[0]
+            counted.append(len(analyze(arr).objects) == len(scene.objects))
             placed.append(control_passes(scene, arr, identity=False))
             exact.append(placed[-1] and control_passes(scene, arr))
             if len(shown) < 16:
                 shown += [torch.from_numpy(c).permute(2, 0, 1).float() / 127.5 - 1, img.cpu()]
-    summary = {"cases": n, "encoder": encoder, "positions_followed": float(np.mean(placed)),
-               "positions_and_identity": float(np.mean(exact))}  # fmt: skip
+    summary = {"cases": n, "encoder": encoder, "count_followed": float(np.mean(counted)),
+               "positions_followed": float(np.mean(placed)), "positions_and_identity": float(np.mean(exact))}
     write_report(Path(out), f"control-{encoder}", {"benchmark": "control-mini", "steps": steps, "guidance": guidance,
                                                   "summary": summary},
+                 f"| count followed | {summary['count_followed']:.3f} |\n"
                  f"| positions followed | {summary['positions_followed']:.3f} |\n"
                  f"| positions and identity | {summary['positions_and_identity']:.3f} |", torch.stack(shown))  # fmt: skip
     return summary
