@@ -57,11 +57,12 @@ def test_shipped_tiers_follow_backgrounds_and_colours(tier):
 
 def test_shipped_fill_model_repaints_the_mask_and_keeps_the_rest():
     """`flowfactory fill`'s default model on 12 cases (one object's box masked, the scene's
-    caption as prompt). Measured (fill model from the 21,000-step demo model): the masked object's
-    colour back within 0.1 of its place 7/12, unmasked PSNR 24.0 dB on average (one case, a lone
-    character whose caption names no background, comes back on a gray canvas: 7.2 dB; the fill
-    model from the 7,000-step base: 6/12, 29.8 dB). The widened base before fill training (which
-    ignores the masked image) repaints the whole canvas: 2/12 placed, 13.7 dB."""
+    caption as prompt). Measured (fill model from the 27,000-step demo model, EMA with warm-up):
+    the masked object's colour back within 0.1 of its place 9/12, unmasked PSNR 35.0 dB on average
+    (17.8 dB at worst). The previous fill model (21,000-step base, EMA without warm-up): 7/12,
+    24.0 dB (a lone character whose caption names no background came back on a gray canvas:
+    7.2 dB); the one from the 7,000-step base: 6/12, 29.8 dB. The widened base before fill
+    training (which ignores the masked image) repaints the whole canvas: 2/12 placed, 13.7 dB."""
     from flowfactory.cli import DEFAULT_FILL_CHECKPOINT
     from flowfactory.data.shapes import render
     from flowfactory.data.structure import object_mask
@@ -83,8 +84,8 @@ def test_shipped_fill_model_repaints_the_mask_and_keeps_the_rest():
                       for p in analyze(img).objects)  # fmt: skip
         keep = m == 0
         psnr.append(10 * np.log10(255**2 / ((img[keep].astype(np.float64) - s[keep]) ** 2).mean()))
-    assert placed >= 3, placed
-    assert np.mean(psnr) >= 20, psnr
+    assert placed >= 5, placed
+    assert np.mean(psnr) >= 28, psnr
 
 
 def kept_backgrounds_and_colours(pipe, steps: int, guidance: float) -> tuple[int, int]:
