@@ -1,6 +1,7 @@
 """geneval-mini and editbench-mini: the scorers are proven on ground truth and on noise."""
 
 import collections
+import dataclasses
 import json
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 
 from flowfactory.config import tiny
 from flowfactory.data.edits import CATEGORIES, edit_set, sample_clip
-from flowfactory.data.shapes import HELD_OUT_PAIRS, render
+from flowfactory.data.shapes import BACKGROUNDS, COLORS, HELD_OUT_PAIRS, Scene, render
 from flowfactory.eval import editbench, geneval
 from flowfactory.eval.analyzer import analyze
 from flowfactory.eval.run import EDITORS, ground_truth_geneval, run_editbench, run_geneval, score_prompts
@@ -121,8 +122,12 @@ def test_edit_pairs_in_kontextbench_proportions():
 def test_editbench_scorer_ground_truth_and_identity(tmp_path):
     gt = run_editbench(EDITORS["ground-truth"], tmp_path, name="ground-truth")["summary"]
     assert gt["overall"] == 1.0 and gt["untouched_psnr_db"] == float("inf")
-    ident = run_editbench(EDITORS["identity"], tmp_path, name="identity")["summary"]
-    assert ident["overall"] == 0.0
+    assert all(share == 0 for shares in gt["failures"].values() for share in shares.values())
+    ident = run_editbench(EDITORS["identity"], tmp_path, name="identity")
+    assert ident["summary"]["overall"] == 0.0
+    assert {p["failure"] for p in ident["per_pair"]} == {"ignored"}  # the source back: instruction not followed
+    assert all(shares["ignored"] == 1.0 for shares in ident["summary"]["failures"].values())
+    assert "why pairs fail" in (tmp_path / "editbench-identity.md").read_text()
     assert (tmp_path / "editbench-identity.md").exists() and (tmp_path / "editbench-identity.png").exists()
 
 
@@ -144,6 +149,34 @@ def test_editbench_position_tolerance():
     moved_back = pair.source  # the object left where it was: identity equal, position wrong
     assert editbench.matches(analyze(render(pair.target)), pair)
     assert not editbench.matches(analyze(render(moved_back)), pair)
+
+
+def test_editbench_failure_names_the_first_unmet_requirement():
+    """Each way of getting an edit wrong, built by hand from real pairs, is named as such."""
+    pairs = edit_set(200)
+    recolor = next(p for p in pairs if p.op == "recolor" and len(p.source.objects) >= 2)
+    i = next(k for k, (a, b) in enumerate(zip(recolor.source.objects, recolor.target.objects)) if a != b)
+    j = next(k for k in range(len(recolor.target.objects)) if k != i)
+    other = next(b for b in BACKGROUNDS if b != recolor.target.background)
+    tgt = recolor.target
+
+    def swap(k, **change):
+        objs = list(tgt.objects)
+        objs[k] = dataclasses.replace(objs[k], **change)
+        return Scene(tgt.background, tuple(objs))
+
+    def new_colour(o):
+        return next(c for c in COLORS if c not in {o.color, recolor.source.objects[i].color, tgt.objects[i].color})
+
+    assert editbench.failure(tgt, recolor) == ""
+    assert editbench.failure(recolor.source, recolor) == "ignored"
+    assert editbench.failure(Scene(other, tgt.objects), recolor) == "background"
+    assert editbench.failure(Scene(tgt.background, tgt.objects[:-1]), recolor) == "count"
+    assert editbench.failure(swap(j, color=new_colour(tgt.objects[j])), recolor) == "kept"
+    assert editbench.failure(swap(i, color=new_colour(tgt.objects[i])), recolor) == "edited"
+    assert editbench.failure(swap(j, cx=tgt.objects[j].cx + 0.2), recolor) == "position"
+    move = next(p for p in pairs if p.op == "move")
+    assert editbench.failure(move.source, move) == "ignored"
 
 
 def test_clips_move_objects():

@@ -95,6 +95,7 @@ def cmd_eval(args) -> None:
                                                                    guidance=args.guidance)  # fmt: skip
             Path(args.out, "character-identity.json").write_text(json.dumps(summary["character_identity"], indent=1))
         table = run.markdown_table({args.editor: summary}, tuple(run.editbench.CATEGORIES))
+        table += "\n" + run.failure_table(summary["failures"], run.editbench.FAILURES, "pairs")
     elif args.benchmark == "variation":
         from flowfactory.pipeline import Pipeline
 

@@ -60,11 +60,12 @@ def run_geneval(pipe, out: str | Path, images_per_prompt: int = 4, steps: int = 
     return record
 
 
-def failure_table(failures: dict) -> str:
-    """Markdown: per task, the share of images failing on each requirement (`geneval.failure`)."""
-    lines = ["| why images fail (share of the task's images) | " + " | ".join(geneval.FAILURES) + " |",
-             "| --- |" + " --- |" * len(geneval.FAILURES)]  # fmt: skip
-    lines += [f"| {task} | " + " | ".join(f"{shares[why]:.3f}" for why in geneval.FAILURES) + " |"
+def failure_table(failures: dict, reasons: tuple[str, ...] = geneval.FAILURES, what: str = "images") -> str:
+    """Markdown: per task, the share of its images (or pairs) failing on each requirement
+    (`geneval.failure`, `editbench.failure`)."""
+    lines = [f"| why {what} fail (share of the task's {what}) | " + " | ".join(reasons) + " |",
+             "| --- |" + " --- |" * len(reasons)]  # fmt: skip
+    lines += [f"| {task} | " + " | ".join(f"{shares[why]:.3f}" for why in reasons) + " |"
               for task, shares in failures.items()]  # fmt: skip
     return "\n".join(lines) + "\n"
 
@@ -189,19 +190,21 @@ def character_identity(pipe, chains: int = 20, turns: int = 5, size: int = 64, s
 def run_editbench(editor, out: str | Path, n: int = 200, size: int = 64, name: str = "editbench") -> dict:
     """Score `editor(pair, size) -> uint8 [H, W, 3]` on the fixed editbench-mini pairs."""
     pairs = edit_set(n)
-    passed, psnr, shown = [], [], []
+    passed, reasons, psnr, shown = [], [], [], []
     for pair in pairs:
         img = np.asarray(editor(pair, size))
-        passed.append(editbench.matches(analyze(img), pair))
+        reasons.append(editbench.failure(analyze(img), pair))
+        passed.append(reasons[-1] == "")
         psnr.append(editbench.untouched_psnr(img, pair, size))
         if len(shown) < 16:
             shown += [render(pair.source, size), img]
-    summary = editbench.summarize(pairs, passed, psnr)
+    summary = editbench.summarize(pairs, passed, psnr, reasons)
     record = {"benchmark": "editbench-mini", "editor": name, "summary": summary,
-              "per_pair": [{"category": p.category, "op": p.op, "instruction": p.instruction, "passed": v}
-                           for p, v in zip(pairs, passed)]}  # fmt: skip
+              "per_pair": [{"category": p.category, "op": p.op, "instruction": p.instruction, "passed": v,
+                            "failure": why} for p, v, why in zip(pairs, passed, reasons)]}  # fmt: skip
     table = markdown_table({name: summary}, tuple(editbench.CATEGORIES))
-    table += f"\nuntouched-region PSNR: {summary['untouched_psnr_db']:.2f} dB\n"
+    table += f"\nuntouched-region PSNR: {summary['untouched_psnr_db']:.2f} dB\n\n"
+    table += failure_table(summary["failures"], editbench.FAILURES, "pairs")
     grid = torch.from_numpy(np.stack(shown)).permute(0, 3, 1, 2).float() / 127.5 - 1
     write_report(Path(out), f"editbench-{name}", record, table, grid)
     return record
