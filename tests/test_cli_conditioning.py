@@ -69,7 +69,9 @@ def test_generate_with_control(files):
 
 
 def test_editbench_runs_a_kontext_checkpoint_with_multi_turn_identity(files):
-    rc, out, err = run("eval", "editbench", "--editor", "model", "--checkpoint", str(files / "tiny-latent.safetensors"),
+    """The model is the default editor; a checkpoint with a baseline editor (which would ignore it and
+    score the baseline) is a usage error."""
+    rc, out, err = run("eval", "editbench", "--checkpoint", str(files / "tiny-latent.safetensors"),
                        "--pairs", "5", "--steps", "1", "--identity-chains", "2", "--out", str(files / "eb"), "--json")  # fmt: skip
     assert rc == 0, err
     summary = json.loads(out)
@@ -77,6 +79,10 @@ def test_editbench_runs_a_kontext_checkpoint_with_multi_turn_identity(files):
     ident = summary["character_identity"]
     assert ident["chains"] == 2 and len(ident["identity_rate_per_turn"]) == 5
     assert (files / "eb" / "character-identity.json").exists()
+    assert_one_line_error(*run("eval", "editbench", "--editor", "identity", "--checkpoint",
+                               str(files / "tiny-latent.safetensors"), "--out", str(files / "eb2"))[::2],
+                          "--checkpoint is for --editor model or autoencoder")  # fmt: skip
+    assert not (files / "eb2").exists()
 
 
 def test_eval_control_reports_count_and_positions(files):

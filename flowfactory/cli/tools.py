@@ -85,6 +85,9 @@ def cmd_eval(args) -> None:
             editor = (run.kontext_editor(pipe, args.steps, args.guidance) if args.editor == "model"
                       else run.autoencoder_editor(pipe))  # fmt: skip
         elif args.editor in run.EDITORS:
+            if args.checkpoint:
+                raise UserError(f"--checkpoint is for --editor model or autoencoder; the '{args.editor}' baseline "
+                                "uses no model")  # fmt: skip
             editor = run.EDITORS[args.editor]
         else:
             raise UserError(f"unknown editor '{args.editor}' (choose from: model, autoencoder, {', '.join(run.EDITORS)})")
@@ -157,8 +160,9 @@ def register(sub) -> None:
     e.add_argument("--limit", type=at_least(1), help="only the first N prompts (quick checks)")
     e.add_argument("--seed", type=int, default=0,
                    help="geneval: noise seed (another seed, the same prompts: for seed-averaged comparisons)")
-    e.add_argument("--editor", default="identity",
-                   help="editbench: model (a Kontext checkpoint, default the shipped edit model), autoencoder "
+    e.add_argument("--editor", default="model",
+                   help="editbench: model (the default: a Kontext checkpoint, the shipped edit model unless "
+                   "--checkpoint names one), autoencoder "
                    "(the targets through that model's autoencoder: its ceiling), or the baselines ground-truth and "
                    "identity")  # fmt: skip
     e.add_argument("--encoder", default="edges", help="control: edges or depth")
