@@ -272,21 +272,28 @@ def tiny_dev() -> TrainConfig:
 
 
 def shapes_schnell() -> TrainConfig:
-    """LADD of the demo model into its 1-4 step `schnell` tier (teacher: the shipped model)."""
-    return dataclasses.replace(shapes_demo(), steps=1000, batch_size=16, lr=2e-5, warmup=20, cooldown=200,
-                               sample_every=0, val_every=250, val_samples=32, teacher_steps=16)  # fmt: skip
+    """LADD of the demo model into its 1-4 step `schnell` tier (teacher: the shipped model), with the
+    settings of the shipped tier: the reflow distillation term (weight 100), the shifted 4-step schedule,
+    re-noising t_hat ~ logit-normal(0, 1) and the discriminator at 10x the student's rate. Start the
+    student from the teacher's `dev` tier (`--student`): from a copy of the teacher LADD scored lower
+    (benchmarks/results/shapes-schnell/ladd-variants.md)."""
+    return dataclasses.replace(shapes_demo(), steps=480, batch_size=16, lr=1e-4, warmup=20, cooldown=120,
+                               sample_every=0, val_every=250, val_samples=32, teacher_steps=16, ladd_t_hat_mean=0.0,
+                               ladd_d_lr_mult=10.0, ladd_distill_weight=100.0, ladd_schedule_shift=True)  # fmt: skip
 
 
 def shapes_edit_dev() -> TrainConfig:
     """Guidance distillation of the edit model into its `dev` tier, on edit pairs (and 20% text to
     image): `flowfactory distill guidance --teacher flowfactory/assets/shapes-edit.safetensors`."""
-    return dataclasses.replace(shapes_dev(), dataset="edits", t2i_ratio=0.2, steps=600, cooldown=150, val_every=100,
+    return dataclasses.replace(shapes_dev(), dataset="edits", t2i_ratio=0.2, steps=500, cooldown=150, val_every=100,
                                val_samples=32)  # fmt: skip
 
 
 def shapes_edit_schnell() -> TrainConfig:
-    """LADD of the edit model into its few-step `schnell` tier, on edit pairs (and 20% text to image)."""
-    return dataclasses.replace(shapes_schnell(), dataset="edits", t2i_ratio=0.2, steps=200, cooldown=50, val_every=100)
+    """LADD of the edit model into its few-step `schnell` tier, on edit pairs (and 20% text to image), with
+    the text-to-image tier's settings; start from the edit model's `dev` tier (`--student`): from a copy
+    of the teacher the student lost the source image (benchmarks/results/shapes-edit-schnell/ladd-variants.md)."""
+    return dataclasses.replace(shapes_schnell(), dataset="edits", t2i_ratio=0.2, steps=240, cooldown=60, val_every=100)
 
 
 def tiny_schnell() -> TrainConfig:

@@ -187,6 +187,27 @@ def test_ladd_refuses_a_student_of_another_architecture(tiny_ckpt, tmp_path):
     assert not out.exists()
 
 
+def test_ladd_recipes_carry_the_shipped_settings_and_flags_override_them_both_ways():
+    """`--recipe shapes-schnell` / `shapes-edit-schnell` alone give the shipped schnell tiers' LADD settings
+    (a copy of the teacher with the generic defaults lost the edit source image); every flag overrides them,
+    the shifted schedule in both directions."""
+    from flowfactory.cli import build_parser
+    from flowfactory.cli.train import distill_config
+
+    def cfg(*flags):
+        argv = ["distill", "ladd", "--teacher", "t.safetensors", "--out", "o", *flags]
+        return distill_config(build_parser().parse_args(argv))
+
+    for name, steps in (("shapes-schnell", 480), ("shapes-edit-schnell", 240)):
+        c = cfg("--recipe", name)
+        assert (c.steps, c.lr, c.ladd_d_lr_mult, c.ladd_t_hat_mean, c.ladd_distill_weight, c.ladd_schedule_shift) \
+            == (steps, 1e-4, 10.0, 0.0, 100.0, True)
+    c = cfg("--no-shifted-schedule", "--distill-weight", "0", "--t-hat-mean", "1", "--d-lr-mult", "1")
+    assert (c.ladd_schedule_shift, c.ladd_distill_weight, c.ladd_t_hat_mean, c.ladd_d_lr_mult) == (False, 0.0, 1.0, 1.0)
+    assert cfg("--recipe", "tiny-schnell", "--shifted-schedule").ladd_schedule_shift
+    assert not cfg("--recipe", "tiny-schnell").ladd_schedule_shift
+
+
 def test_atomic_write_refuses_a_directory_and_keeps_the_old_file_when_a_write_fails(tmp_path):
     from flowfactory.checkpoint import atomic_write
     from flowfactory.errors import UserError

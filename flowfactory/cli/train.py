@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -44,12 +45,10 @@ def cmd_train(args) -> None:
             print(json.dumps({"stage": name, **metrics}) if args.json else text)
 
 
-def cmd_distill(args) -> None:
+def distill_config(args):
+    """The distillation recipe's config with the command line's overrides, checked before any work."""
     from flowfactory.config import recipe
-    from flowfactory.pipeline import Pipeline
-    from flowfactory.train.distill import GuidanceDistiller, LADDTrainer, same_backbone
 
-    teacher = Pipeline.from_checkpoint(args.teacher)
     cfg = _train_config(args, recipe(args.recipe))
     if getattr(args, "guidance_range", None):
         lo, hi = args.guidance_range
@@ -66,8 +65,17 @@ def cmd_distill(args) -> None:
         cfg = dataclasses.replace(cfg, ladd_distill_weight=args.distill_weight)
     if getattr(args, "t_hat_mean", None) is not None:
         cfg = dataclasses.replace(cfg, ladd_t_hat_mean=args.t_hat_mean)
-    if getattr(args, "shifted_schedule", False):
-        cfg = dataclasses.replace(cfg, ladd_schedule_shift=True)
+    if getattr(args, "shifted_schedule", None) is not None:
+        cfg = dataclasses.replace(cfg, ladd_schedule_shift=args.shifted_schedule)
+    return cfg
+
+
+def cmd_distill(args) -> None:
+    from flowfactory.pipeline import Pipeline
+    from flowfactory.train.distill import GuidanceDistiller, LADDTrainer, same_backbone
+
+    cfg = distill_config(args)
+    teacher = Pipeline.from_checkpoint(args.teacher)
     student = Pipeline.from_checkpoint(args.student) if args.student else None
     if student is not None and not same_backbone(teacher.cfg, student.cfg):
         raise UserError(f"--student {args.student} is not the teacher's architecture ('{student.cfg.name}' vs "
@@ -221,12 +229,13 @@ def register(sub) -> None:
     la.add_argument("--recipe", default="shapes-schnell", help="training recipe (data, steps, teacher sampling)")
     la.add_argument("--student", help="start the student from this checkpoint (the teacher's dev tier) instead of "
                     "a copy of the teacher; it then runs at the teacher's guidance scale")
-    la.add_argument("--t-hat-mean", type=float, help="override: mean of the logit-normal re-noising level (1.0)")
+    la.add_argument("--t-hat-mean", type=float, help="override: mean of the logit-normal re-noising level")
     la.add_argument("--d-lr-mult", type=float, help="override: discriminator learning rate / student learning rate")
     la.add_argument("--distill-weight", type=float, help="override: weight of the regression onto the teacher's "
-                    "sample from its own noise (reflow pairs) added to the adversarial loss (0)")
-    la.add_argument("--shifted-schedule", action="store_true", help="train at (and sample) the resolution-shifted "
-                    "4-step schedule instead of the plain 1, 0.75, 0.5, 0.25")
+                    "sample from its own noise (reflow pairs) added to the adversarial loss (0: adversarial only)")
+    la.add_argument("--shifted-schedule", action=argparse.BooleanOptionalAction, help="override: train at (and "
+                    "sample) the resolution-shifted 4-step schedule, or (--no-shifted-schedule) the plain "
+                    "1, 0.75, 0.5, 0.25")  # fmt: skip
     _run_args(la)
     la.set_defaults(func=cmd_distill)
 
