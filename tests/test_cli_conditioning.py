@@ -79,6 +79,14 @@ def test_editbench_runs_a_kontext_checkpoint_with_multi_turn_identity(files):
     ident = summary["character_identity"]
     assert ident["chains"] == 2 and len(ident["identity_rate_per_turn"]) == 5
     assert (files / "eb" / "character-identity.json").exists()
+    rc, _, err = run("eval", "editbench", "--checkpoint", str(files / "tiny-latent.safetensors"), "--pairs", "5",
+                     "--steps", "1", "--seed", "1", "--out", str(files / "eb-seed1"))  # fmt: skip
+    assert rc == 0, err
+    rec = json.loads((files / "eb-seed1" / "editbench-model.json").read_text())
+    assert (rec["seed"], rec["steps"], rec["guidance"]) == (1, 1, 3.0)
+    # another seed samples other noise for the same pairs: the edited images (the grid) differ
+    grids = [(files / d / "editbench-model.png").read_bytes() for d in ("eb", "eb-seed1")]
+    assert grids[0] != grids[1]
     assert_one_line_error(*run("eval", "editbench", "--editor", "identity", "--checkpoint",
                                str(files / "tiny-latent.safetensors"), "--out", str(files / "eb2"))[::2],
                           "--checkpoint is for --editor model or autoencoder")  # fmt: skip

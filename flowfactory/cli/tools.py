@@ -82,7 +82,7 @@ def cmd_eval(args) -> None:
             device, _ = _device_dtype(args)
             ckpt = Path(args.checkpoint) if args.checkpoint else DEFAULT_EDIT_CHECKPOINT
             pipe = Pipeline.from_checkpoint(ckpt).to(device)
-            editor = (run.kontext_editor(pipe, args.steps, args.guidance) if args.editor == "model"
+            editor = (run.kontext_editor(pipe, args.steps, args.guidance, args.seed) if args.editor == "model"
                       else run.autoencoder_editor(pipe))  # fmt: skip
         elif args.editor in run.EDITORS:
             if args.checkpoint:
@@ -91,7 +91,9 @@ def cmd_eval(args) -> None:
             editor = run.EDITORS[args.editor]
         else:
             raise UserError(f"unknown editor '{args.editor}' (choose from: model, autoencoder, {', '.join(run.EDITORS)})")
-        rec = run.run_editbench(editor, args.out, n=args.pairs, name=args.editor)
+        settings = ({"checkpoint": str(ckpt), "steps": args.steps, "guidance": args.guidance, "seed": args.seed}
+                    if args.editor == "model" else {})  # fmt: skip
+        rec = run.run_editbench(editor, args.out, n=args.pairs, name=args.editor, settings=settings)
         summary = rec["summary"]
         if args.editor == "model" and args.identity_chains:
             summary["character_identity"] = run.character_identity(pipe, args.identity_chains, steps=args.steps,
@@ -159,7 +161,8 @@ def register(sub) -> None:
     e.add_argument("--batch-size", type=at_least(1), default=64)
     e.add_argument("--limit", type=at_least(1), help="only the first N prompts (quick checks)")
     e.add_argument("--seed", type=int, default=0,
-                   help="geneval: noise seed (another seed, the same prompts: for seed-averaged comparisons)")
+                   help="geneval / editbench with a model: noise seed (another seed, the same prompts or pairs: "
+                   "for seed-averaged comparisons)")  # fmt: skip
     e.add_argument("--editor", default="model",
                    help="editbench: model (the default: a Kontext checkpoint, the shipped edit model unless "
                    "--checkpoint names one), autoencoder "

@@ -151,7 +151,8 @@ def autoencoder_editor(pipe):
 
 
 def kontext_editor(pipe, steps: int = 20, guidance: float = 3.0, seed: int = 0):
-    """A Kontext model as an editbench editor: the rendered source (and reference) as context."""
+    """A Kontext model as an editbench editor: the rendered source (and reference) as context, every
+    pair sampled from the noise of `seed` (another seed: other noise for the same pairs)."""
 
     def edit(pair, size: int) -> np.ndarray:
         images = [render(pair.source, size)] + ([render(pair.reference, size)] if pair.reference is not None else [])
@@ -187,8 +188,10 @@ def character_identity(pipe, chains: int = 20, turns: int = 5, size: int = 64, s
             "identity_rate_all_turns": float(kept.all(1).mean())}  # fmt: skip
 
 
-def run_editbench(editor, out: str | Path, n: int = 200, size: int = 64, name: str = "editbench") -> dict:
-    """Score `editor(pair, size) -> uint8 [H, W, 3]` on the fixed editbench-mini pairs."""
+def run_editbench(editor, out: str | Path, n: int = 200, size: int = 64, name: str = "editbench",
+                  settings: dict | None = None) -> dict:  # fmt: skip
+    """Score `editor(pair, size) -> uint8 [H, W, 3]` on the fixed editbench-mini pairs; `settings`
+    (the editor's steps, guidance, seed) are recorded with the result."""
     pairs = edit_set(n)
     passed, reasons, psnr, shown = [], [], [], []
     for pair in pairs:
@@ -199,7 +202,7 @@ def run_editbench(editor, out: str | Path, n: int = 200, size: int = 64, name: s
         if len(shown) < 16:
             shown += [render(pair.source, size), img]
     summary = editbench.summarize(pairs, passed, psnr, reasons)
-    record = {"benchmark": "editbench-mini", "editor": name, "summary": summary,
+    record = {"benchmark": "editbench-mini", "editor": name, **(settings or {}), "summary": summary,
               "per_pair": [{"category": p.category, "op": p.op, "instruction": p.instruction, "passed": v,
                             "failure": why} for p, v, why in zip(pairs, passed, reasons)]}  # fmt: skip
     table = markdown_table({name: summary}, tuple(editbench.CATEGORIES))
