@@ -453,4 +453,6 @@ class Trainer:
         if skipped and self.env.is_main:
             print(f"data: skipped {sum(skipped.values())} samples ({dict(skipped)})")
         logger.close()
+        if self.env.distributed:  # no rank returns (and tears its process group down) while another is mid-collective
+            torch.distributed.barrier()
         return metrics
