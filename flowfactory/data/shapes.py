@@ -305,7 +305,7 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
     elif len(objs) == 2 and first.kind == "shape":
         a, b = objs
         joiner = relation(a, b) if rng.random() < 0.7 else "and"
-        text = f"{phrase(a, with_size)} {joiner} {phrase(b, with_size)}"
+        text = f"{phrase(a, with_size, with_color)} {joiner} {phrase(b, with_size, with_color)}"
     elif len(objs) > 2:
         parts = [phrase(o, with_size) for o in objs]
         text = ", ".join(parts[:-1]) + " and " + parts[-1]
