@@ -160,8 +160,9 @@ def test_generate_control_uses_the_shipped_control_lora(tmp_path):
 def test_shipped_control_lora_puts_objects_where_the_edges_are():
     """The base model plus the shipped edge Control-LoRA on 12 control-mini cases (seed 0, 20 steps,
     guidance 3). Measured: 12/12 with as many objects as the edge map, each within 5 px of its place
-    (control-mini: 0.945); the same recipe on the previous, 27,000-step base 11/12. The file before that (attention-only adapters exported by the EMA before
-    its warm-up) placed 3/12; attention-only adapters with the warm-up 10/12."""
+    (control-mini: 0.945); the same recipe on the previous, 27,000-step base 11/12. The file before
+    that (attention-only adapters exported by the EMA before its warm-up) placed 3/12; attention-only
+    adapters with the warm-up 10/12."""
     from flowfactory.cli.common import DEFAULT_CONTROL_LORA
     from flowfactory.data.structure import CONTROL_ENCODERS
     from flowfactory.eval.run import _cases, control_passes
