@@ -57,9 +57,9 @@ def test_shipped_tiers_follow_backgrounds_and_colours(tier):
 
 def test_shipped_fill_model_repaints_the_mask_and_keeps_the_rest():
     """`flowfactory fill`'s default model on 12 cases (one object's box masked, the scene's
-    caption as prompt). Measured (fill model from the 27,000-step demo model, EMA with warm-up):
-    the masked object's colour back within 0.1 of its place 9/12, unmasked PSNR 35.0 dB on average
-    (17.8 dB at worst). The previous fill model (21,000-step base, EMA without warm-up): 7/12,
+    caption as prompt). Measured (fill model from the 34,000-step demo model, EMA with warm-up):
+    the masked object's colour back within 0.1 of its place 9/12, unmasked PSNR 34.7 dB on average
+    (18.0 dB at worst); from the 27,000-step model 9/12, 35.0 dB (17.8 dB at worst). The previous fill model (21,000-step base, EMA without warm-up): 7/12,
     24.0 dB (a lone character whose caption names no background came back on a gray canvas:
     7.2 dB); the one from the 7,000-step base: 6/12, 29.8 dB. The widened base before fill
     training (which ignores the masked image) repaints the whole canvas: 2/12 placed, 13.7 dB."""
