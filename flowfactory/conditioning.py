@@ -14,7 +14,7 @@ checkpoints still load strictly. At inference crop = (0, 0) and orig = target.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from einops import rearrange, repeat
@@ -113,14 +113,17 @@ class Conditioning:
                             cat(self.channels, other.channels, -1), cat(self.txt, other.txt, 1),
                             cat(self.image_features, other.image_features, 1))  # fmt: skip
 
+    def per_sample(self, f) -> "Conditioning":
+        """`f` applied to every tensor along the batch dimension."""
+        return Conditioning(*(None if (v := getattr(self, k.name)) is None else f(v) for k in fields(self)))
+
     def repeat(self, n: int) -> "Conditioning":
         """The same conditioning for `n` images per given one (batch `B` -> `B * n`)."""
+        return self.per_sample(lambda t: t.repeat_interleave(n, dim=0))
 
-        def rep(t):
-            return None if t is None else t.repeat_interleave(n, dim=0)
-
-        return Conditioning(rep(self.tokens), rep(self.token_ids), rep(self.channels), rep(self.txt),
-                            rep(self.image_features))
+    def select(self, rows: Tensor) -> "Conditioning":
+        """The conditioning of the samples at `rows`."""
+        return self.per_sample(lambda t: t[rows])
 
 
 def conditioned(transformer, x: Tensor, ids: Tensor, txt: Tensor, txt_ids: Tensor, t: Tensor, y: Tensor,

@@ -199,6 +199,7 @@ class TrainConfig:
     ladd_d_lr_mult: float = 1.0  # LADD: the discriminator heads' learning rate as a multiple of the student's
     ladd_distill_weight: float = 0.0  # LADD: weight of ||x0_hat - x0||^2 on reflow pairs (0: adversarial only)
     ladd_schedule_shift: bool = False  # LADD: the student trains at and samples the resolution-shifted schedule
+    ladd_on_policy: bool = False  # LADD distillation term: inputs from the student's own few-step path, not reflow
     image_size: int = 64  # training resolution (square); a multiple of the model's stride
     steps: int = 1000  # optimizer steps
     batch_size: int = 32  # global batch per optimizer step (over all ranks and accumulation steps)

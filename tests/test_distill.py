@@ -135,6 +135,38 @@ def test_ladd_shifted_schedule_trains_at_the_timesteps_the_student_samples(tmp_p
     assert out.cfg.schedule_shift is True  # it samples the schedule it was trained at
 
 
+def test_ladd_on_policy_inputs_are_the_students_own_sampler_states(tmp_path):
+    """`ladd_on_policy`: the distillation term's input at the k-th timestep is where the student's own Euler
+    sampler, started from the teacher's noise, stands after k steps (at t = 1: the noise itself)."""
+    from flowfactory.flow.sampling import euler
+    from flowfactory.train.distill import LADDTrainer
+
+    tea = teacher()
+    dev = guidance_student(tea)
+    randomize_(dev.transformer.guidance_in, std=0.1)
+    cfg = dataclasses.replace(recipe("tiny-schnell"), ladd_distill_weight=1.0, ladd_on_policy=True, teacher_steps=1,
+                              ladd_schedule_shift=True, teacher_guidance=2.5)  # fmt: skip
+    tr = LADDTrainer(cfg, tmp_path, tea, progress=False, student=dev)
+    prompts = ["a red circle", "two blue squares", "a green triangle", "one yellow circle"]
+    side = cfg.image_size // cfg.model.stride
+    z, ts = tr.teacher_noise(4, 0, 0), tr.timesteps
+    t = torch.tensor([ts[3], ts[0], ts[1], ts[2]])
+    x = tr.student_path(z, t, image_ids(4, side, side), prompts)
+    for i, k in enumerate([3, 0, 1, 2]):
+        txt, pooled = tr.pipe.encode_text([prompts[i]])
+        with torch.no_grad():
+            own = euler(tr.pipe.velocity(txt, pooled, side, side, guidance=2.5), z[i : i + 1], list(ts[: k + 1]))
+        assert torch.allclose(x[i : i + 1], own, atol=1e-5), k
+    assert torch.equal(x[1], z[1]) and not torch.allclose(x[0], z[0])
+    seen, model = [], tr.model
+    tr.model = lambda x_t, ids, p, t, *a: (seen.append((x_t.detach(), t)), model(x_t, ids, p, t, *a))[1]
+    m = tr.train_step()
+    x_t, t = seen[-1]  # the graded pass comes after the path's passes
+    assert len(seen) > 1 or bool((t == 1).all())
+    z = tr.teacher_noise(x_t.shape[0], 0, 0)
+    assert torch.allclose(x_t[t == 1], z[t == 1], atol=1e-6) and m["distill_loss"] > 0
+
+
 def test_ladd_student_can_start_from_the_dev_tier_at_the_teachers_scale(tmp_path):
     from flowfactory.train.distill import LADDTrainer
 

@@ -67,6 +67,10 @@ def distill_config(args):
         cfg = dataclasses.replace(cfg, ladd_t_hat_mean=args.t_hat_mean)
     if getattr(args, "shifted_schedule", None) is not None:
         cfg = dataclasses.replace(cfg, ladd_schedule_shift=args.shifted_schedule)
+    if getattr(args, "on_policy", None) is not None:
+        cfg = dataclasses.replace(cfg, ladd_on_policy=args.on_policy)
+    if cfg.ladd_on_policy and not cfg.ladd_distill_weight > 0:
+        raise UserError("--on-policy places the distillation term's inputs: give --distill-weight above 0")
     return cfg
 
 
@@ -236,6 +240,9 @@ def register(sub) -> None:
     la.add_argument("--shifted-schedule", action=argparse.BooleanOptionalAction, help="override: train at (and "
                     "sample) the resolution-shifted 4-step schedule, or (--no-shifted-schedule) the plain "
                     "1, 0.75, 0.5, 0.25")  # fmt: skip
+    la.add_argument("--on-policy", action=argparse.BooleanOptionalAction, help="override: build the distillation "
+                    "term's inputs on the student's own few-step path from the teacher's noise (the states it "
+                    "samples through), or (--no-on-policy) on the straight reflow line to the teacher's sample")
     _run_args(la)
     la.set_defaults(func=cmd_distill)
 

@@ -228,6 +228,27 @@ class LADDTrainer(Trainer):
         seed, size = self.cfg.seed * 1_000_003 + step * self.cfg.batch_size + lo, self.cfg.image_size
         return self.teacher.initial_noise([seed + i for i in range(n)], size, size).to(self.env.device)
 
+    @torch.no_grad()
+    def student_path(self, z: Tensor, t: Tensor, ids: Tensor, prompts: list[str],
+                     cond: Conditioning | None = None) -> Tensor:  # fmt: skip
+        """Where the student's own Euler sampler, started at the teacher's noise `z` (t = 1), stands at
+        each sample's timestep `t` `[B]` (one of `self.timesteps`): the states it meets when it samples,
+        so the distillation term trains it where its earlier steps' errors have put it (not detached
+        from them by the reflow line)."""
+        x, n = z.clone(), z.shape[0]
+        g = self.student_guidance(n)
+        for t_cur, t_next in zip(self.timesteps, self.timesteps[1:]):
+            rows = (t < t_cur - 1e-6).nonzero().flatten()  # samples whose timestep lies past t_cur
+            if len(rows) == 0:
+                break
+            t_rows = torch.full((len(rows),), t_cur, device=z.device)
+            sub = cond.select(rows) if cond is not None else None
+            with self.autocast:
+                v = self.model(x[rows], ids[rows], [prompts[i] for i in rows.tolist()], t_rows,
+                               None if g is None else g[rows], None, sub)  # fmt: skip
+            x[rows] = x[rows] + (t_next - t_cur) * v.float()
+        return x
+
     def train_step(self) -> dict[str, float]:
         cfg, dev = self.cfg, self.env.device
         for group in self.opt.param_groups:
@@ -248,7 +269,10 @@ class LADDTrainer(Trainer):
             noise = self.teacher_noise(n, self.step, lo)
         with torch.no_grad():
             txt, pooled = self.teacher.encode_text(prompts)
-        x_t = interpolate(x0, noise, t)
+        if cfg.ladd_on_policy:
+            x_t = self.student_path(noise, t, ids, prompts, cond)
+        else:
+            x_t = interpolate(x0, noise, t)
         with self.autocast:
             v = self.model(x_t, ids, prompts, t, self.student_guidance(n), None, cond)
         x0_hat = x_t - t[:, None, None] * v.float()
