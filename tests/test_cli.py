@@ -193,17 +193,22 @@ def test_ladd_recipes_carry_the_shipped_settings_and_flags_override_them_both_wa
     the shifted schedule in both directions."""
     from flowfactory.cli import build_parser
     from flowfactory.cli.train import distill_config
+    from flowfactory.errors import UserError
 
     def cfg(*flags):
         argv = ["distill", "ladd", "--teacher", "t.safetensors", "--out", "o", *flags]
         return distill_config(build_parser().parse_args(argv))
 
-    for name, steps in (("shapes-schnell", 480), ("shapes-edit-schnell", 240)):
+    for name, steps, on_policy in (("shapes-schnell", 480, True), ("shapes-edit-schnell", 240, False)):
         c = cfg("--recipe", name)
-        assert (c.steps, c.lr, c.ladd_d_lr_mult, c.ladd_t_hat_mean, c.ladd_distill_weight, c.ladd_schedule_shift) \
-            == (steps, 1e-4, 10.0, 0.0, 100.0, True)
-    c = cfg("--no-shifted-schedule", "--distill-weight", "0", "--t-hat-mean", "1", "--d-lr-mult", "1")
-    assert (c.ladd_schedule_shift, c.ladd_distill_weight, c.ladd_t_hat_mean, c.ladd_d_lr_mult) == (False, 0.0, 1.0, 1.0)
+        assert (c.steps, c.lr, c.ladd_d_lr_mult, c.ladd_t_hat_mean, c.ladd_distill_weight, c.ladd_schedule_shift,
+                c.ladd_on_policy, c.seed) == (steps, 1e-4, 10.0, 0.0, 100.0, True, on_policy, 0)  # fmt: skip
+    c = cfg("--no-shifted-schedule", "--no-on-policy", "--distill-weight", "0", "--t-hat-mean", "1", "--d-lr-mult",
+            "1", "--seed", "3")  # fmt: skip
+    assert (c.ladd_schedule_shift, c.ladd_on_policy, c.ladd_distill_weight, c.ladd_t_hat_mean, c.ladd_d_lr_mult,
+            c.seed) == (False, False, 0.0, 1.0, 1.0, 3)  # fmt: skip
+    with pytest.raises(UserError, match="on-policy LADD .* give --distill-weight above 0, or --no-on-policy"):
+        cfg("--distill-weight", "0")  # the recipe's on-policy path has nothing to place without the term
     assert cfg("--recipe", "tiny-schnell", "--shifted-schedule").ladd_schedule_shift
     assert not cfg("--recipe", "tiny-schnell").ladd_schedule_shift
 

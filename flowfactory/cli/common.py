@@ -148,6 +148,8 @@ def _run_args(p) -> None:
     p.add_argument("--lr", type=positive_float, help="override: peak learning rate")
     p.add_argument("--cooldown", type=at_least(0), help="override: linear decay to 0 over the last N steps")
     p.add_argument("--checkpoint-every", type=at_least(1), help="override: steps between checkpoints and saved states")
+    p.add_argument("--seed", type=int, help="override: seed of data, teacher noise and timesteps (another seed: "
+                   "other samples, e.g. to continue from a finished student)")
     _ema_arg(p)
     _data_args(p)
     _lora_args(p)

@@ -70,7 +70,8 @@ def distill_config(args):
     if getattr(args, "on_policy", None) is not None:
         cfg = dataclasses.replace(cfg, ladd_on_policy=args.on_policy)
     if cfg.ladd_on_policy and not cfg.ladd_distill_weight > 0:
-        raise UserError("--on-policy places the distillation term's inputs: give --distill-weight above 0")
+        raise UserError("on-policy LADD (--on-policy; the shapes-schnell recipe's default) places the distillation "
+                        "term's inputs: give --distill-weight above 0, or --no-on-policy")  # fmt: skip
     return cfg
 
 
