@@ -198,6 +198,7 @@ class TrainConfig:
     ladd_t_hat_mean: float = 1.0  # LADD: re-noising level t_hat ~ logit-normal(mean, 1) (lower: less noise)
     ladd_d_lr_mult: float = 1.0  # LADD: the discriminator heads' learning rate as a multiple of the student's
     ladd_distill_weight: float = 0.0  # LADD: weight of ||x0_hat - x0||^2 on reflow pairs (0: adversarial only)
+    ladd_adv_weight: float = 1.0  # LADD: weight of the adversarial loss (0: the distillation term alone)
     ladd_schedule_shift: bool = False  # LADD: the student trains at and samples the resolution-shifted schedule
     ladd_on_policy: bool = False  # LADD distillation term: inputs from the student's own few-step path, not reflow
     image_size: int = 64  # training resolution (square); a multiple of the model's stride

@@ -209,6 +209,11 @@ def test_ladd_recipes_carry_the_shipped_settings_and_flags_override_them_both_wa
             c.seed) == (False, False, 0.0, 1.0, 1.0, 3)  # fmt: skip
     with pytest.raises(UserError, match="on-policy LADD .* give --distill-weight above 0, or --no-on-policy"):
         cfg("--distill-weight", "0")  # the recipe's on-policy path has nothing to place without the term
+    assert cfg("--adv-weight", "0").ladd_adv_weight == 0.0 and cfg().ladd_adv_weight == 1.0
+    with pytest.raises(UserError, match="nothing to learn"):
+        cfg("--adv-weight", "0", "--distill-weight", "0", "--no-on-policy")
+    with pytest.raises(UserError, match="--adv-weight must be at least 0"):
+        cfg("--adv-weight", "-1")
     assert cfg("--recipe", "tiny-schnell", "--shifted-schedule").ladd_schedule_shift
     assert not cfg("--recipe", "tiny-schnell").ladd_schedule_shift
 

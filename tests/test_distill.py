@@ -113,6 +113,29 @@ def test_ladd_distillation_term_uses_the_noise_each_teacher_sample_was_solved_fr
     assert m["distill_loss"] > 0 and m["loss"] == pytest.approx(m["g_loss"] + 2.0 * m["distill_loss"], rel=1e-5)
 
 
+def test_ladd_without_the_adversarial_term_trains_the_distillation_term_alone(tmp_path):
+    from flowfactory.train.distill import LADDTrainer
+
+    cfg = dataclasses.replace(recipe("tiny-schnell"), ladd_distill_weight=3.0, ladd_adv_weight=0.0, teacher_steps=1)
+    tr = LADDTrainer(cfg, tmp_path, teacher(), progress=False)
+    disc0 = {k: v.clone() for k, v in tr.disc.state_dict().items()}
+    student0 = {k: v.clone() for k, v in tr.pipe.transformer.state_dict().items()}
+    calls, features = [], teacher_features
+    import flowfactory.train.distill as distill
+
+    distill.teacher_features = lambda *a, **k: (calls.append(1), features(*a, **k))[1]
+    try:
+        m = tr.train_step()
+    finally:
+        distill.teacher_features = features
+    assert not calls and "d_loss" not in m and m["g_loss"] == 0.0  # no discriminator pass at all
+    assert m["loss"] == pytest.approx(3.0 * m["distill_loss"], rel=1e-6) and m["distill_loss"] > 0
+    assert all(torch.equal(v, tr.disc.state_dict()[k]) for k, v in disc0.items())
+    assert any(not torch.equal(v, tr.pipe.transformer.state_dict()[k]) for k, v in student0.items())
+    with pytest.raises(ValueError, match="adversarial or a distillation weight"):
+        LADDTrainer(dataclasses.replace(cfg, ladd_distill_weight=0.0), tmp_path / "b", teacher(), progress=False)
+
+
 def test_ladd_shifted_schedule_trains_at_the_timesteps_the_student_samples(tmp_path):
     from flowfactory.flow.sampling import get_schedule
     from flowfactory.train.distill import STUDENT_TIMESTEPS, LADDTrainer, student_timesteps

@@ -63,6 +63,13 @@ def distill_config(args):
         if not args.distill_weight >= 0:
             raise UserError(f"--distill-weight must be at least 0, got {args.distill_weight}")
         cfg = dataclasses.replace(cfg, ladd_distill_weight=args.distill_weight)
+    if getattr(args, "adv_weight", None) is not None:
+        if not args.adv_weight >= 0:
+            raise UserError(f"--adv-weight must be at least 0, got {args.adv_weight}")
+        cfg = dataclasses.replace(cfg, ladd_adv_weight=args.adv_weight)
+    if not (cfg.ladd_adv_weight > 0 or cfg.ladd_distill_weight > 0):
+        raise UserError("LADD with --adv-weight 0 and --distill-weight 0 has nothing to learn: give one of them "
+                        "above 0")  # fmt: skip
     if getattr(args, "t_hat_mean", None) is not None:
         cfg = dataclasses.replace(cfg, ladd_t_hat_mean=args.t_hat_mean)
     if getattr(args, "shifted_schedule", None) is not None:
@@ -238,6 +245,8 @@ def register(sub) -> None:
     la.add_argument("--d-lr-mult", type=float, help="override: discriminator learning rate / student learning rate")
     la.add_argument("--distill-weight", type=float, help="override: weight of the regression onto the teacher's "
                     "sample from its own noise (reflow pairs) added to the adversarial loss (0: adversarial only)")
+    la.add_argument("--adv-weight", type=float, help="override: weight of the adversarial loss (default 1; 0: the "
+                    "distillation term alone, no discriminator)")
     la.add_argument("--shifted-schedule", action=argparse.BooleanOptionalAction, help="override: train at (and "
                     "sample) the resolution-shifted 4-step schedule, or (--no-shifted-schedule) the plain "
                     "1, 0.75, 0.5, 0.25")  # fmt: skip

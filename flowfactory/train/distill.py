@@ -184,7 +184,9 @@ class LADDTrainer(Trainer):
     teacher's sample was solved from, `x_t = (1 - t) x0 + t z` (the reflow coupling of rectified
     flow), and the generator loss gains `w ||x0_hat - x0||^2`: at t = 1 that is the teacher's
     noise-to-image map, and a student that meets it keeps its few-step path on the straight line
-    from z to x0 (ADD's distillation term, on reflow pairs instead of teacher re-noising)."""
+    from z to x0 (ADD's distillation term, on reflow pairs instead of teacher re-noising). With
+    `ladd_adv_weight` 0 the distillation term trains alone (no discriminator pass: the ablation of the
+    adversarial term)."""
 
     def __init__(self, cfg: TrainConfig, out_dir, teacher: Pipeline, device: str = "cpu", resume: bool = True,
                  progress: bool = True, student: Pipeline | None = None):  # fmt: skip
@@ -195,6 +197,8 @@ class LADDTrainer(Trainer):
             raise ValueError("the student must be the teacher's architecture (a guidance embedding aside)")
         if cfg.grad_accum != 1:
             raise ValueError("LADD takes one micro-batch per step (grad_accum 1)")
+        if not (cfg.ladd_adv_weight > 0 or cfg.ladd_distill_weight > 0):
+            raise ValueError("LADD needs an adversarial or a distillation weight above 0")
         student = copy.deepcopy(student if student is not None else teacher)
         model = dataclasses.replace(student.cfg, schedule_shift=cfg.ladd_schedule_shift)
         cfg = dataclasses.replace(cfg, model=model, text_dropout=0.0, train_text_encoder=False)
@@ -277,10 +281,32 @@ class LADDTrainer(Trainer):
             v = self.model(x_t, ids, prompts, t, self.student_guidance(n), None, cond)
         x0_hat = x_t - t[:, None, None] * v.float()
         distill_loss = (x0_hat - x0).square().mean()
+        adversarial = cfg.ladd_adv_weight > 0
+        d_stats: dict[str, float] = {}
+        g_loss = torch.zeros((), device=dev)
+        if adversarial:
+            d_stats, g_loss = self.adversarial_losses(x0, x0_hat, ids, txt, pooled, t_hat, n_real, n_fake, cond)
+        self.opt.zero_grad(set_to_none=True)
+        total = cfg.ladd_adv_weight * g_loss + cfg.ladd_distill_weight * distill_loss
+        total.backward()
+        if adversarial:
+            self.disc.requires_grad_(True)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        self.opt.step()
+        if self.ema:
+            self.ema.update(self.step)
+        self.step += 1
+        return {"loss": total.item(), "g_loss": g_loss.item(), "distill_loss": distill_loss.item(), **d_stats,
+                "grad_norm": float(grad_norm), "lr": lr_at(self.step - 1, cfg)}  # fmt: skip
+
+    def adversarial_losses(self, x0: Tensor, x0_hat: Tensor, ids: Tensor, txt: Tensor, pooled: Tensor, t_hat: Tensor,
+                           n_real: Tensor, n_fake: Tensor, cond: Conditioning | None) -> tuple[dict[str, float], Tensor]:
+        """One discriminator update (hinge loss on detached inputs; skipped while it already wins: the
+        collapse guard), then the generator's loss of fooling it through the frozen teacher's features,
+        with the heads frozen for the student's backward pass (the caller unfreezes them)."""
+        cfg = self.cfg
         real = interpolate(x0, n_real, t_hat)
         fake = interpolate(x0_hat, n_fake, t_hat)
-
-        # discriminator: hinge loss on detached inputs; skipped while it already wins (collapse guard)
         d_real = self.disc(teacher_features(self.teacher, real, ids, txt, pooled, t_hat, cond), t_hat, pooled)
         d_fake = self.disc(teacher_features(self.teacher, fake.detach(), ids, txt, pooled, t_hat, cond), t_hat, pooled)
         d_loss = torch.relu(1 - d_real).mean() + torch.relu(1 + d_fake).mean()
@@ -295,23 +321,11 @@ class LADDTrainer(Trainer):
             self.opt_d.step()
         else:
             self.d_skipped += 1
-
-        # generator: fool the discriminator through the frozen teacher's features
-        g_loss = -self.disc(teacher_features(self.teacher, fake, ids, txt, pooled, t_hat, cond), t_hat, pooled).mean()
-        self.opt.zero_grad(set_to_none=True)
         self.disc.requires_grad_(False)
-        total = g_loss + cfg.ladd_distill_weight * distill_loss if cfg.ladd_distill_weight > 0 else g_loss
-        total.backward()
-        self.disc.requires_grad_(True)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        self.opt.step()
-        if self.ema:
-            self.ema.update(self.step)
-        self.step += 1
-        return {"loss": total.item(), "g_loss": g_loss.item(), "distill_loss": distill_loss.item(),
-                "d_loss": d_loss.item(), "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item(),
-                "d_accuracy": d_acc, "d_skipped": self.d_skipped,
-                "grad_norm": float(grad_norm), "lr": lr_at(self.step - 1, cfg)}  # fmt: skip
+        g_loss = -self.disc(teacher_features(self.teacher, fake, ids, txt, pooled, t_hat, cond), t_hat, pooled).mean()
+        stats = {"d_loss": d_loss.item(), "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item(),
+                 "d_accuracy": d_acc, "d_skipped": self.d_skipped}  # fmt: skip
+        return stats, g_loss
 
     def loss(self, b: Batch, text, noise: Tensor, t: Tensor) -> Tensor:
         """Validation: the student's one-step error against teacher samples at the student timesteps."""
