@@ -201,6 +201,7 @@ class TrainConfig:
     ladd_adv_weight: float = 1.0  # LADD: weight of the adversarial loss (0: the distillation term alone)
     ladd_schedule_shift: bool = False  # LADD: the student trains at and samples the resolution-shifted schedule
     ladd_on_policy: bool = False  # LADD distillation term: inputs from the student's own few-step path, not reflow
+    ladd_path_grad: bool = False  # LADD on-policy: backpropagate the distillation term through that path
     image_size: int = 64  # training resolution (square); a multiple of the model's stride
     steps: int = 1000  # optimizer steps
     batch_size: int = 32  # global batch per optimizer step (over all ranks and accumulation steps)

@@ -212,6 +212,9 @@ def test_ladd_recipes_carry_the_shipped_settings_and_flags_override_them_both_wa
     assert cfg("--adv-weight", "0").ladd_adv_weight == 0.0 and cfg().ladd_adv_weight == 1.0
     with pytest.raises(UserError, match="nothing to learn"):
         cfg("--adv-weight", "0", "--distill-weight", "0", "--no-on-policy")
+    assert cfg("--path-grad").ladd_path_grad and not cfg().ladd_path_grad
+    with pytest.raises(UserError, match="--path-grad .* needs --on-policy"):
+        cfg("--path-grad", "--no-on-policy")
     with pytest.raises(UserError, match="--adv-weight must be at least 0"):
         cfg("--adv-weight", "-1")
     assert cfg("--recipe", "tiny-schnell", "--shifted-schedule").ladd_schedule_shift

@@ -190,6 +190,28 @@ def test_ladd_on_policy_inputs_are_the_students_own_sampler_states(tmp_path):
     assert torch.allclose(x_t[t == 1], z[t == 1], atol=1e-6) and m["distill_loss"] > 0
 
 
+def test_ladd_path_grad_trains_the_steps_before_the_graded_one(tmp_path):
+    """`ladd_path_grad`: the same states as the on-policy path, with the graph kept, so the distillation
+    term at a later timestep reaches the student's weights through its earlier steps too."""
+    from flowfactory.train.distill import LADDTrainer
+
+    cfg = dataclasses.replace(recipe("tiny-schnell"), ladd_distill_weight=1.0, ladd_on_policy=True, teacher_steps=1,
+                              ladd_path_grad=True)  # fmt: skip
+    tr = LADDTrainer(cfg, tmp_path, teacher(), progress=False)
+    side, prompts = cfg.image_size // cfg.model.stride, ["a red circle", "two blue squares"]
+    z, ids = tr.teacher_noise(2, 0, 0), image_ids(2, side, side)
+    t = torch.tensor([tr.timesteps[2], tr.timesteps[0]])
+    x = tr.student_path(z, t, ids, prompts, grad=True)
+    assert torch.allclose(x, tr.student_path(z, t, ids, prompts), atol=1e-6) and x.requires_grad
+    assert not tr.student_path(z, t, ids, prompts).requires_grad
+    x[0].square().sum().backward()  # the state after two steps depends on the weights that took them
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tr.params)
+    m = tr.train_step()
+    assert m["distill_loss"] > 0
+    with pytest.raises(ValueError, match="needs ladd_on_policy"):
+        LADDTrainer(dataclasses.replace(cfg, ladd_on_policy=False), tmp_path / "b", teacher(), progress=False)
+
+
 def test_ladd_student_can_start_from_the_dev_tier_at_the_teachers_scale(tmp_path):
     from flowfactory.train.distill import LADDTrainer
 

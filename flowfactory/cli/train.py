@@ -76,6 +76,10 @@ def distill_config(args):
         cfg = dataclasses.replace(cfg, ladd_schedule_shift=args.shifted_schedule)
     if getattr(args, "on_policy", None) is not None:
         cfg = dataclasses.replace(cfg, ladd_on_policy=args.on_policy)
+    if getattr(args, "path_grad", None) is not None:
+        cfg = dataclasses.replace(cfg, ladd_path_grad=args.path_grad)
+    if cfg.ladd_path_grad and not cfg.ladd_on_policy:
+        raise UserError("--path-grad backpropagates through the student's own path: it needs --on-policy")
     if cfg.ladd_on_policy and not cfg.ladd_distill_weight > 0:
         raise UserError("on-policy LADD (--on-policy; the shapes-schnell recipe's default) places the distillation "
                         "term's inputs: give --distill-weight above 0, or --no-on-policy")  # fmt: skip
@@ -253,6 +257,8 @@ def register(sub) -> None:
     la.add_argument("--on-policy", action=argparse.BooleanOptionalAction, help="override: build the distillation "
                     "term's inputs on the student's own few-step path from the teacher's noise (the states it "
                     "samples through), or (--no-on-policy) on the straight reflow line to the teacher's sample")
+    la.add_argument("--path-grad", action=argparse.BooleanOptionalAction, help="override: with --on-policy, "
+                    "backpropagate the distillation term through the student's own earlier steps")
     _run_args(la)
     la.set_defaults(func=cmd_distill)
 

@@ -186,7 +186,9 @@ class LADDTrainer(Trainer):
     noise-to-image map, and a student that meets it keeps its few-step path on the straight line
     from z to x0 (ADD's distillation term, on reflow pairs instead of teacher re-noising). With
     `ladd_adv_weight` 0 the distillation term trains alone (no discriminator pass: the ablation of the
-    adversarial term)."""
+    adversarial term). `ladd_path_grad` (on-policy only) backpropagates the distillation term through
+    the student's own earlier steps: the steps before the graded one learn to leave it a state it can
+    finish from, not only to predict the image from their own states."""
 
     def __init__(self, cfg: TrainConfig, out_dir, teacher: Pipeline, device: str = "cpu", resume: bool = True,
                  progress: bool = True, student: Pipeline | None = None):  # fmt: skip
@@ -199,6 +201,8 @@ class LADDTrainer(Trainer):
             raise ValueError("LADD takes one micro-batch per step (grad_accum 1)")
         if not (cfg.ladd_adv_weight > 0 or cfg.ladd_distill_weight > 0):
             raise ValueError("LADD needs an adversarial or a distillation weight above 0")
+        if cfg.ladd_path_grad and not cfg.ladd_on_policy:
+            raise ValueError("ladd_path_grad backpropagates through the student's own path: it needs ladd_on_policy")
         student = copy.deepcopy(student if student is not None else teacher)
         model = dataclasses.replace(student.cfg, schedule_shift=cfg.ladd_schedule_shift)
         cfg = dataclasses.replace(cfg, model=model, text_dropout=0.0, train_text_encoder=False)
@@ -232,25 +236,26 @@ class LADDTrainer(Trainer):
         seed, size = self.cfg.seed * 1_000_003 + step * self.cfg.batch_size + lo, self.cfg.image_size
         return self.teacher.initial_noise([seed + i for i in range(n)], size, size).to(self.env.device)
 
-    @torch.no_grad()
     def student_path(self, z: Tensor, t: Tensor, ids: Tensor, prompts: list[str],
-                     cond: Conditioning | None = None) -> Tensor:  # fmt: skip
+                     cond: Conditioning | None = None, grad: bool = False) -> Tensor:  # fmt: skip
         """Where the student's own Euler sampler, started at the teacher's noise `z` (t = 1), stands at
         each sample's timestep `t` `[B]` (one of `self.timesteps`): the states it meets when it samples,
         so the distillation term trains it where its earlier steps' errors have put it (not detached
-        from them by the reflow line)."""
+        from them by the reflow line). `grad`: keep the graph, so a loss at the end of the path also
+        trains the steps that led there."""
         x, n = z.clone(), z.shape[0]
         g = self.student_guidance(n)
-        for t_cur, t_next in zip(self.timesteps, self.timesteps[1:]):
-            rows = (t < t_cur - 1e-6).nonzero().flatten()  # samples whose timestep lies past t_cur
-            if len(rows) == 0:
-                break
-            t_rows = torch.full((len(rows),), t_cur, device=z.device)
-            sub = cond.select(rows) if cond is not None else None
-            with self.autocast:
-                v = self.model(x[rows], ids[rows], [prompts[i] for i in rows.tolist()], t_rows,
-                               None if g is None else g[rows], None, sub)  # fmt: skip
-            x[rows] = x[rows] + (t_next - t_cur) * v.float()
+        with torch.set_grad_enabled(grad):
+            for t_cur, t_next in zip(self.timesteps, self.timesteps[1:]):
+                rows = (t < t_cur - 1e-6).nonzero().flatten()  # samples whose timestep lies past t_cur
+                if len(rows) == 0:
+                    break
+                t_rows = torch.full((len(rows),), t_cur, device=z.device)
+                sub = cond.select(rows) if cond is not None else None
+                with self.autocast:
+                    v = self.model(x[rows], ids[rows], [prompts[i] for i in rows.tolist()], t_rows,
+                                   None if g is None else g[rows], None, sub)  # fmt: skip
+                x = x.index_put((rows,), x[rows] + (t_next - t_cur) * v.float())
         return x
 
     def train_step(self) -> dict[str, float]:
@@ -274,7 +279,7 @@ class LADDTrainer(Trainer):
         with torch.no_grad():
             txt, pooled = self.teacher.encode_text(prompts)
         if cfg.ladd_on_policy:
-            x_t = self.student_path(noise, t, ids, prompts, cond)
+            x_t = self.student_path(noise, t, ids, prompts, cond, grad=cfg.ladd_path_grad)
         else:
             x_t = interpolate(x0, noise, t)
         with self.autocast:
