@@ -45,6 +45,7 @@ class ModelConfig:
     context_offset: int = 1  # RoPE index step between context images (FLUX.1 Kontext 1, FLUX.2 10)
     max_refs: int = 4  # most context images one call may give
     schedule_shift: bool = True  # sample with the resolution-shifted schedule (few-step students: off)
+    schedule_mu: float = 0.0  # > 0: that fixed shift mu instead of FLUX.1's resolution-dependent one
     redux_grid: int = 0  # image variation (Redux): image tokens per side from pooled latents (0: no Redux)
     redux_patch: int = 1  # Redux: latent pixels per token side (1: the cell's mean; > 1: flattened patches + positions)
 
@@ -202,6 +203,7 @@ class TrainConfig:
     ladd_schedule_shift: bool = False  # LADD: the student trains at and samples the resolution-shifted schedule
     ladd_on_policy: bool = False  # LADD distillation term: inputs from the student's own few-step path, not reflow
     ladd_path_grad: bool = False  # LADD on-policy: backpropagate the distillation term through that path
+    ladd_schedule_mu: float = 0.0  # LADD shifted schedule: > 0 fixes its shift mu (0: FLUX.1's for the resolution)
     image_size: int = 64  # training resolution (square); a multiple of the model's stride
     steps: int = 1000  # optimizer steps
     batch_size: int = 32  # global batch per optimizer step (over all ranks and accumulation steps)

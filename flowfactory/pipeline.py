@@ -276,7 +276,7 @@ class Pipeline(nn.Module):
         timings["text_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         shift = self.cfg.schedule_shift if shift is None else shift
-        x = SOLVERS[solver](velocity, noise, get_schedule(steps, h * w, shift=shift))
+        x = SOLVERS[solver](velocity, noise, get_schedule(steps, h * w, shift=shift, mu=self.cfg.schedule_mu or None))
         timings["denoise_s"] = time.perf_counter() - t0
         return x
 

@@ -213,6 +213,11 @@ def test_ladd_recipes_carry_the_shipped_settings_and_flags_override_them_both_wa
     with pytest.raises(UserError, match="nothing to learn"):
         cfg("--adv-weight", "0", "--distill-weight", "0", "--no-on-policy")
     assert cfg("--path-grad").ladd_path_grad and not cfg().ladd_path_grad
+    assert cfg("--schedule-mu", "1.1").ladd_schedule_mu == 1.1 and cfg().ladd_schedule_mu == 0.0
+    with pytest.raises(UserError, match="--schedule-mu fixes the shifted schedule"):
+        cfg("--schedule-mu", "1.1", "--no-shifted-schedule")
+    with pytest.raises(UserError, match="--schedule-mu must be positive"):
+        cfg("--schedule-mu", "0")
     with pytest.raises(UserError, match="--path-grad .* needs --on-policy"):
         cfg("--path-grad", "--no-on-policy")
     with pytest.raises(UserError, match="--adv-weight must be at least 0"):

@@ -155,7 +155,32 @@ def test_ladd_shifted_schedule_trains_at_the_timesteps_the_student_samples(tmp_p
     ts = {round(float(t), 6) for batch in seen for t in batch}
     assert ts and ts <= {round(t, 6) for t in tr.timesteps} and len(ts) > 1
     out = Pipeline.from_checkpoint(tr.export())
-    assert out.cfg.schedule_shift is True  # it samples the schedule it was trained at
+    assert out.cfg.schedule_shift is True and out.cfg.schedule_mu == 0.0  # it samples the schedule it was trained at
+
+
+def test_ladd_fixed_schedule_shift_is_trained_at_and_sampled(tmp_path):
+    from flowfactory.flow.sampling import get_schedule
+    from flowfactory.train.distill import LADDTrainer, student_timesteps
+
+    fixed = student_timesteps(16, shift=True, mu=1.15)  # mu fixed, whatever the token count
+    assert fixed == pytest.approx((1.0, 0.9046, 0.7595, 0.5128), abs=1e-4) == student_timesteps(1024, True, mu=1.15)
+    assert get_schedule(2, 16, mu=1.15) == pytest.approx([1.0, fixed[2], 0.0])  # 2 steps: a subset of 4
+    cfg = dataclasses.replace(recipe("tiny-schnell"), steps=1, ladd_schedule_shift=True, ladd_schedule_mu=1.15)
+    tr = LADDTrainer(cfg, tmp_path, teacher(), progress=False)
+    assert tr.timesteps == pytest.approx(fixed)
+    tr.train_step()
+    out = Pipeline.from_checkpoint(tr.export())
+    assert out.cfg.schedule_shift and out.cfg.schedule_mu == 1.15
+    seen, solver = [], __import__("flowfactory.pipeline", fromlist=["SOLVERS"]).SOLVERS
+    euler = solver["euler"]
+    solver["euler"] = lambda v, x, ts: (seen.append(ts), euler(v, x, ts))[1]
+    try:
+        out.generate(["a red circle"], 16, 16, steps=4, guidance=1.0)
+    finally:
+        solver["euler"] = euler
+    assert seen[0] == pytest.approx([*fixed, 0.0])  # it samples the timesteps it was trained at
+    with pytest.raises(ValueError, match="needs ladd_schedule_shift"):
+        LADDTrainer(dataclasses.replace(cfg, ladd_schedule_shift=False), tmp_path / "b", teacher(), progress=False)
 
 
 def test_ladd_on_policy_inputs_are_the_students_own_sampler_states(tmp_path):

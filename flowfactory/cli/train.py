@@ -74,6 +74,12 @@ def distill_config(args):
         cfg = dataclasses.replace(cfg, ladd_t_hat_mean=args.t_hat_mean)
     if getattr(args, "shifted_schedule", None) is not None:
         cfg = dataclasses.replace(cfg, ladd_schedule_shift=args.shifted_schedule)
+    if getattr(args, "schedule_mu", None) is not None:
+        if not args.schedule_mu > 0:
+            raise UserError(f"--schedule-mu must be positive, got {args.schedule_mu}")
+        cfg = dataclasses.replace(cfg, ladd_schedule_mu=args.schedule_mu)
+        if not cfg.ladd_schedule_shift:
+            raise UserError("--schedule-mu fixes the shifted schedule's shift: drop --no-shifted-schedule")
     if getattr(args, "on_policy", None) is not None:
         cfg = dataclasses.replace(cfg, ladd_on_policy=args.on_policy)
     if getattr(args, "path_grad", None) is not None:
@@ -254,6 +260,8 @@ def register(sub) -> None:
     la.add_argument("--shifted-schedule", action=argparse.BooleanOptionalAction, help="override: train at (and "
                     "sample) the resolution-shifted 4-step schedule, or (--no-shifted-schedule) the plain "
                     "1, 0.75, 0.5, 0.25")  # fmt: skip
+    la.add_argument("--schedule-mu", type=float, help="override: the shifted schedule's shift mu, fixed (SD3's "
+                    "shift s is mu = ln s; default FLUX.1's for the resolution, 0.46 at 16 image tokens)")
     la.add_argument("--on-policy", action=argparse.BooleanOptionalAction, help="override: build the distillation "
                     "term's inputs on the student's own few-step path from the teacher's noise (the states it "
                     "samples through), or (--no-on-policy) on the straight reflow line to the teacher's sample")

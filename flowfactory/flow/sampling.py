@@ -22,11 +22,12 @@ class Solver(Protocol):
 
 
 def get_schedule(num_steps: int, image_seq_len: int, base_shift: float = 0.5, max_shift: float = 1.15,
-                 shift: bool = True) -> list[float]:  # fmt: skip
-    """`linspace(1, 0, N + 1)`, resolution-shifted as in FLUX.1 ([schnell] samples without the shift)."""
+                 shift: bool = True, mu: float | None = None) -> list[float]:  # fmt: skip
+    """`linspace(1, 0, N + 1)`, resolution-shifted as in FLUX.1 ([schnell] samples without the shift);
+    `mu` fixes the shift instead of deriving it from the token count (SD3's `shift` s is `mu = ln s`)."""
     t = torch.linspace(1, 0, num_steps + 1, dtype=torch.float64)
     if shift:
-        mu = flux_mu(image_seq_len, base_shift, max_shift)
+        mu = flux_mu(image_seq_len, base_shift, max_shift) if mu is None else mu
         t = torch.where((t > 0) & (t < 1), time_shift(mu, 1.0, t.clamp(1e-12, 1 - 1e-12)), t)
     return t.tolist()
 

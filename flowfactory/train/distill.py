@@ -108,11 +108,12 @@ class GuidanceDistiller(Trainer):
 STUDENT_TIMESTEPS = (1.0, 0.75, 0.5, 0.25)  # the 4-step schedule (2 steps: 1, 0.5; 1 step: 1)
 
 
-def student_timesteps(seq_len: int, shift: bool) -> tuple[float, ...]:
+def student_timesteps(seq_len: int, shift: bool, mu: float | None = None) -> tuple[float, ...]:
     """The timesteps a few-step student trains at: its 4-step sampling schedule without the final 0
     (which holds the 2- and 1-step schedules). Plain: `STUDENT_TIMESTEPS`; shifted: FLUX.1's
-    resolution shift at `seq_len` image tokens (at 16 tokens 1, 0.826, 0.613, 0.345)."""
-    return tuple(get_schedule(4, seq_len, shift=shift)[:-1])
+    resolution shift at `seq_len` image tokens (at 16 tokens 1, 0.826, 0.613, 0.345), or the fixed
+    shift `mu`."""
+    return tuple(get_schedule(4, seq_len, shift=shift, mu=mu)[:-1])
 
 
 class DiscriminatorHead(nn.Module):
@@ -201,10 +202,13 @@ class LADDTrainer(Trainer):
             raise ValueError("LADD takes one micro-batch per step (grad_accum 1)")
         if not (cfg.ladd_adv_weight > 0 or cfg.ladd_distill_weight > 0):
             raise ValueError("LADD needs an adversarial or a distillation weight above 0")
+        if cfg.ladd_schedule_mu > 0 and not cfg.ladd_schedule_shift:
+            raise ValueError("ladd_schedule_mu fixes the shifted schedule's shift: it needs ladd_schedule_shift")
         if cfg.ladd_path_grad and not cfg.ladd_on_policy:
             raise ValueError("ladd_path_grad backpropagates through the student's own path: it needs ladd_on_policy")
         student = copy.deepcopy(student if student is not None else teacher)
-        model = dataclasses.replace(student.cfg, schedule_shift=cfg.ladd_schedule_shift)
+        model = dataclasses.replace(student.cfg, schedule_shift=cfg.ladd_schedule_shift,
+                                    schedule_mu=cfg.ladd_schedule_mu if cfg.ladd_schedule_shift else 0.0)
         cfg = dataclasses.replace(cfg, model=model, text_dropout=0.0, train_text_encoder=False)
         self.teacher = teacher.eval().requires_grad_(False)
         student.cfg = model
@@ -215,7 +219,8 @@ class LADDTrainer(Trainer):
         self.disc.to(self.env.device)
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=cfg.lr * cfg.ladd_d_lr_mult, betas=(0.0, 0.99))
         self.d_skipped = 0
-        self.timesteps = student_timesteps((cfg.image_size // model.stride) ** 2, cfg.ladd_schedule_shift)
+        self.timesteps = student_timesteps((cfg.image_size // model.stride) ** 2, cfg.ladd_schedule_shift,
+                                           model.schedule_mu or None)
         self._val_x0: dict[tuple[str, ...], Tensor] = {}
 
     def student_guidance(self, n: int) -> Tensor | None:
