@@ -202,7 +202,8 @@ def test_ladd_recipes_carry_the_shipped_settings_and_flags_override_them_both_wa
     for name, steps, on_policy in (("shapes-schnell", 480, True), ("shapes-edit-schnell", 240, False)):
         c = cfg("--recipe", name)
         assert (c.steps, c.lr, c.ladd_d_lr_mult, c.ladd_t_hat_mean, c.ladd_distill_weight, c.ladd_schedule_shift,
-                c.ladd_on_policy, c.seed) == (steps, 1e-4, 10.0, 0.0, 100.0, True, on_policy, 0)  # fmt: skip
+                c.ladd_on_policy, c.ladd_path_grad, c.seed) == (steps, 1e-4, 10.0, 0.0, 100.0, True, on_policy,
+                                                                on_policy, 0)  # fmt: skip
     c = cfg("--no-shifted-schedule", "--no-on-policy", "--distill-weight", "0", "--t-hat-mean", "1", "--d-lr-mult",
             "1", "--seed", "3")  # fmt: skip
     assert (c.ladd_schedule_shift, c.ladd_on_policy, c.ladd_distill_weight, c.ladd_t_hat_mean, c.ladd_d_lr_mult,
@@ -212,7 +213,8 @@ def test_ladd_recipes_carry_the_shipped_settings_and_flags_override_them_both_wa
     assert cfg("--adv-weight", "0").ladd_adv_weight == 0.0 and cfg().ladd_adv_weight == 1.0
     with pytest.raises(UserError, match="nothing to learn"):
         cfg("--adv-weight", "0", "--distill-weight", "0", "--no-on-policy")
-    assert cfg("--path-grad").ladd_path_grad and not cfg().ladd_path_grad
+    assert cfg("--no-path-grad").ladd_path_grad is False and cfg().ladd_path_grad  # the recipe's default
+    assert not cfg("--no-on-policy").ladd_path_grad  # the recipe's path gradient goes with its on-policy path
     assert cfg("--schedule-mu", "1.1").ladd_schedule_mu == 1.1 and cfg().ladd_schedule_mu == 0.0
     with pytest.raises(UserError, match="--schedule-mu fixes the shifted schedule"):
         cfg("--schedule-mu", "1.1", "--no-shifted-schedule")

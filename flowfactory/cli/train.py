@@ -84,6 +84,8 @@ def distill_config(args):
         cfg = dataclasses.replace(cfg, ladd_on_policy=args.on_policy)
     if getattr(args, "path_grad", None) is not None:
         cfg = dataclasses.replace(cfg, ladd_path_grad=args.path_grad)
+    elif getattr(args, "on_policy", None) is False:  # the recipe's path gradient goes with its on-policy path
+        cfg = dataclasses.replace(cfg, ladd_path_grad=False)
     if cfg.ladd_path_grad and not cfg.ladd_on_policy:
         raise UserError("--path-grad backpropagates through the student's own path: it needs --on-policy")
     if cfg.ladd_on_policy and not cfg.ladd_distill_weight > 0:
