@@ -224,6 +224,9 @@ def test_ladd_recipes_carry_the_shipped_settings_and_flags_override_them_both_wa
         cfg("--path-grad", "--no-on-policy")
     with pytest.raises(UserError, match="--adv-weight must be at least 0"):
         cfg("--adv-weight", "-1")
+    assert cfg("--all-steps").ladd_all_steps and not cfg("--all-steps", "--no-all-steps").ladd_all_steps
+    with pytest.raises(UserError, match="--all-steps .* needs --on-policy"):
+        cfg("--all-steps", "--no-on-policy")
     assert cfg("--recipe", "tiny-schnell", "--shifted-schedule").ladd_schedule_shift
     assert not cfg("--recipe", "tiny-schnell").ladd_schedule_shift
 

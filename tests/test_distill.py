@@ -237,6 +237,47 @@ def test_ladd_path_grad_trains_the_steps_before_the_graded_one(tmp_path):
         LADDTrainer(dataclasses.replace(cfg, ladd_on_policy=False), tmp_path / "b", teacher(), progress=False)
 
 
+def test_ladd_all_steps_grades_every_state_of_the_students_sampler(tmp_path):
+    """`ladd_all_steps`: the predictions at the K states of the student's own sampler, the last being its
+    finished K-step sample; the distillation term is their mean error against the teacher's sample, and
+    with the path gradient the first step's weights feed the last prediction too."""
+    from flowfactory.flow.sampling import euler
+    from flowfactory.train.distill import LADDTrainer
+
+    cfg = dataclasses.replace(recipe("tiny-schnell"), ladd_distill_weight=1.0, ladd_on_policy=True, teacher_steps=1,
+                              ladd_path_grad=True, ladd_all_steps=True, ladd_adv_weight=0.0)  # fmt: skip
+    tr = LADDTrainer(cfg, tmp_path, teacher(), progress=False)
+    side, prompts = cfg.image_size // cfg.model.stride, ["a red circle", "two blue squares"]
+    z, ids, ts = tr.teacher_noise(2, 0, 0), image_ids(2, side, side), tr.timesteps
+    preds = tr.student_predictions(z, ids, prompts, grad=True)
+    assert preds.shape == (len(ts), *z.shape) and preds.requires_grad
+    txt, pooled = tr.pipe.encode_text(prompts)
+    with torch.no_grad():
+        sample = euler(tr.pipe.velocity(txt, pooled, side, side), z, [*ts, 0.0])
+        at_k = [tr.student_path(z, torch.full((2,), t_k), ids, prompts) for t_k in ts]
+    assert torch.allclose(preds[-1], sample, atol=1e-5)  # the last prediction is the K-step sample
+    for k, t_k in enumerate(ts):  # each prediction is x - t v at the sampler's own state
+        v = tr.model(at_k[k], ids, prompts, torch.full((2,), t_k), None)
+        assert torch.allclose(preds[k], at_k[k] - t_k * v, atol=1e-5), k
+    first = tr.student_predictions(z, ids, prompts, grad=False)
+    assert torch.allclose(first, preds, atol=1e-6)
+    tr.model.zero_grad()
+    first[-1].square().sum().backward()  # without the path gradient the last state is detached ...
+    no_path = {n: p.grad for n, p in tr.model.named_parameters()}
+    tr.model.zero_grad()
+    preds[-1].square().sum().backward()  # ... with it, the earlier steps add to the same weights' gradients
+    assert any(g is not None and not torch.allclose(p.grad, g) for (n, p), g in
+               zip(tr.model.named_parameters(), no_path.values()) if p.grad is not None)  # fmt: skip
+    tr.model.zero_grad()
+    seen, model = [], tr.model
+    tr.model = lambda x_t, ids, p, t, *a: (seen.append(t), model(x_t, ids, p, t, *a))[1]
+    m = tr.train_step()
+    assert [s[0].item() for s in seen] == pytest.approx(list(ts)) and m["distill_loss"] > 0
+    with pytest.raises(ValueError, match="needs ladd_on_policy"):
+        LADDTrainer(dataclasses.replace(cfg, ladd_on_policy=False, ladd_path_grad=False), tmp_path / "b", teacher(),
+                    progress=False)  # fmt: skip
+
+
 def test_ladd_student_can_start_from_the_dev_tier_at_the_teachers_scale(tmp_path):
     from flowfactory.train.distill import LADDTrainer
 

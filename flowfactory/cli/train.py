@@ -88,6 +88,12 @@ def distill_config(args):
         cfg = dataclasses.replace(cfg, ladd_path_grad=False)
     if cfg.ladd_path_grad and not cfg.ladd_on_policy:
         raise UserError("--path-grad backpropagates through the student's own path: it needs --on-policy")
+    if getattr(args, "all_steps", None) is not None:
+        cfg = dataclasses.replace(cfg, ladd_all_steps=args.all_steps)
+    elif getattr(args, "on_policy", None) is False:
+        cfg = dataclasses.replace(cfg, ladd_all_steps=False)
+    if cfg.ladd_all_steps and not cfg.ladd_on_policy:
+        raise UserError("--all-steps grades every state of the student's own path: it needs --on-policy")
     if cfg.ladd_on_policy and not cfg.ladd_distill_weight > 0:
         raise UserError("on-policy LADD (--on-policy; the shapes-schnell recipe's default) places the distillation "
                         "term's inputs: give --distill-weight above 0, or --no-on-policy")  # fmt: skip
@@ -269,6 +275,9 @@ def register(sub) -> None:
                     "samples through), or (--no-on-policy) on the straight reflow line to the teacher's sample")
     la.add_argument("--path-grad", action=argparse.BooleanOptionalAction, help="override: with --on-policy, "
                     "backpropagate the distillation term through the student's own earlier steps")
+    la.add_argument("--all-steps", action=argparse.BooleanOptionalAction, help="override: with --on-policy, "
+                    "grade the student's prediction at every state of its path (its finished sample among them), "
+                    "not at one drawn timestep per sample")
     _run_args(la)
     la.set_defaults(func=cmd_distill)
 

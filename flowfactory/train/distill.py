@@ -189,7 +189,9 @@ class LADDTrainer(Trainer):
     `ladd_adv_weight` 0 the distillation term trains alone (no discriminator pass: the ablation of the
     adversarial term). `ladd_path_grad` (on-policy only) backpropagates the distillation term through
     the student's own earlier steps: the steps before the graded one learn to leave it a state it can
-    finish from, not only to predict the image from their own states."""
+    finish from, not only to predict the image from their own states. `ladd_all_steps` (on-policy only)
+    grades the prediction at every state of that path, the finished K-step sample among them, instead of
+    one drawn timestep per sample: K times the graded states for each teacher sample, the costly part."""
 
     def __init__(self, cfg: TrainConfig, out_dir, teacher: Pipeline, device: str = "cpu", resume: bool = True,
                  progress: bool = True, student: Pipeline | None = None):  # fmt: skip
@@ -206,6 +208,8 @@ class LADDTrainer(Trainer):
             raise ValueError("ladd_schedule_mu fixes the shifted schedule's shift: it needs ladd_schedule_shift")
         if cfg.ladd_path_grad and not cfg.ladd_on_policy:
             raise ValueError("ladd_path_grad backpropagates through the student's own path: it needs ladd_on_policy")
+        if cfg.ladd_all_steps and not cfg.ladd_on_policy:
+            raise ValueError("ladd_all_steps grades every state of the student's own path: it needs ladd_on_policy")
         student = copy.deepcopy(student if student is not None else teacher)
         model = dataclasses.replace(student.cfg, schedule_shift=cfg.ladd_schedule_shift,
                                     schedule_mu=cfg.ladd_schedule_mu if cfg.ladd_schedule_shift else 0.0)
@@ -263,6 +267,22 @@ class LADDTrainer(Trainer):
                 x = x.index_put((rows,), x[rows] + (t_next - t_cur) * v.float())
         return x
 
+    def student_predictions(self, z: Tensor, ids: Tensor, prompts: list[str], cond: Conditioning | None = None,
+                            grad: bool = False) -> Tensor:  # fmt: skip
+        """The student's image prediction `x - t v` at every state of its own Euler sampler started at the
+        teacher's noise `z`, one per timestep: `[K, B, L, C]`, the last being its K-step sample. Each
+        prediction keeps its graph; `grad` also keeps the graph of the steps that led to its state."""
+        x, g, preds = z, self.student_guidance(z.shape[0]), []
+        for t_cur, t_next in zip(self.timesteps, [*self.timesteps[1:], 0.0]):
+            t_rows = torch.full((z.shape[0],), t_cur, device=z.device)
+            with self.autocast:
+                v = self.model(x, ids, prompts, t_rows, g, None, cond).float()
+            preds.append(x - t_cur * v)
+            x = x + (t_next - t_cur) * v
+            if not grad:
+                x = x.detach()
+        return torch.stack(preds)
+
     def train_step(self) -> dict[str, float]:
         cfg, dev = self.cfg, self.env.device
         for group in self.opt.param_groups:
@@ -276,21 +296,27 @@ class LADDTrainer(Trainer):
         n, side = x0.shape[0], cfg.image_size // cfg.model.stride
         ids = image_ids(n, side, side, device=dev)
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
-        t = torch.tensor(self.timesteps)[torch.randint(len(self.timesteps), (n,), generator=g)].to(dev)
+        k = torch.randint(len(self.timesteps), (n,), generator=g)
+        t = torch.tensor(self.timesteps)[k].to(dev)
         t_hat = torch.sigmoid(cfg.ladd_t_hat_mean + torch.randn(n, generator=g)).to(dev)  # logit-normal(m, 1)
         noise, n_fake, n_real = (torch.randn(x0.shape, generator=g).to(dev) for _ in range(3))
         if cfg.ladd_distill_weight > 0:  # reflow pairs: the student's input lies between x0 and its own noise
             noise = self.teacher_noise(n, self.step, lo)
         with torch.no_grad():
             txt, pooled = self.teacher.encode_text(prompts)
-        if cfg.ladd_on_policy:
-            x_t = self.student_path(noise, t, ids, prompts, cond, grad=cfg.ladd_path_grad)
+        if cfg.ladd_all_steps:  # every state of the path graded; the adversarial term takes the drawn one
+            preds = self.student_predictions(noise, ids, prompts, cond, grad=cfg.ladd_path_grad)
+            x0_hat = preds[k.to(dev), torch.arange(n, device=dev)]
+            distill_loss = (preds - x0).square().mean()
         else:
-            x_t = interpolate(x0, noise, t)
-        with self.autocast:
-            v = self.model(x_t, ids, prompts, t, self.student_guidance(n), None, cond)
-        x0_hat = x_t - t[:, None, None] * v.float()
-        distill_loss = (x0_hat - x0).square().mean()
+            if cfg.ladd_on_policy:
+                x_t = self.student_path(noise, t, ids, prompts, cond, grad=cfg.ladd_path_grad)
+            else:
+                x_t = interpolate(x0, noise, t)
+            with self.autocast:
+                v = self.model(x_t, ids, prompts, t, self.student_guidance(n), None, cond)
+            x0_hat = x_t - t[:, None, None] * v.float()
+            distill_loss = (x0_hat - x0).square().mean()
         adversarial = cfg.ladd_adv_weight > 0
         d_stats: dict[str, float] = {}
         g_loss = torch.zeros((), device=dev)
