@@ -227,6 +227,9 @@ def test_ladd_recipes_carry_the_shipped_settings_and_flags_override_them_both_wa
     assert cfg("--all-steps").ladd_all_steps and not cfg("--all-steps", "--no-all-steps").ladd_all_steps
     with pytest.raises(UserError, match="--all-steps .* needs --on-policy"):
         cfg("--all-steps", "--no-on-policy")
+    assert cfg("--teacher-guidance", "4").teacher_guidance == 4.0 and cfg().teacher_guidance == 3.0
+    with pytest.raises(UserError, match="--teacher-guidance must be at least 1"):
+        cfg("--teacher-guidance", "0.5")
     assert cfg("--recipe", "tiny-schnell", "--shifted-schedule").ladd_schedule_shift
     assert not cfg("--recipe", "tiny-schnell").ladd_schedule_shift
 

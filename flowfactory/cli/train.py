@@ -70,6 +70,10 @@ def distill_config(args):
     if not (cfg.ladd_adv_weight > 0 or cfg.ladd_distill_weight > 0):
         raise UserError("LADD with --adv-weight 0 and --distill-weight 0 has nothing to learn: give one of them "
                         "above 0")  # fmt: skip
+    if getattr(args, "teacher_guidance", None) is not None:
+        if not args.teacher_guidance >= 1:
+            raise UserError(f"--teacher-guidance must be at least 1 (1: no guidance), got {args.teacher_guidance}")
+        cfg = dataclasses.replace(cfg, teacher_guidance=args.teacher_guidance)
     if getattr(args, "t_hat_mean", None) is not None:
         cfg = dataclasses.replace(cfg, ladd_t_hat_mean=args.t_hat_mean)
     if getattr(args, "shifted_schedule", None) is not None:
@@ -259,6 +263,8 @@ def register(sub) -> None:
     la.add_argument("--recipe", default="shapes-schnell", help="training recipe (data, steps, teacher sampling)")
     la.add_argument("--student", help="start the student from this checkpoint (the teacher's dev tier) instead of "
                     "a copy of the teacher; it then runs at the teacher's guidance scale")
+    la.add_argument("--teacher-guidance", type=float, help="override: the teacher's CFG scale for its samples "
+                    "(a dev-tier student runs at this scale too; recipe default 3)")
     la.add_argument("--t-hat-mean", type=float, help="override: mean of the logit-normal re-noising level")
     la.add_argument("--d-lr-mult", type=float, help="override: discriminator learning rate / student learning rate")
     la.add_argument("--distill-weight", type=float, help="override: weight of the regression onto the teacher's "
