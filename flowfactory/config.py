@@ -204,6 +204,7 @@ class TrainConfig:
     ladd_on_policy: bool = False  # LADD distillation term: inputs from the student's own few-step path, not reflow
     ladd_path_grad: bool = False  # LADD on-policy: backpropagate the distillation term through that path
     ladd_all_steps: bool = False  # LADD on-policy: grade every state of that path, not one random timestep per sample
+    ladd_final_only: bool = False  # LADD path gradient: grade only the finished few-step sample, not a drawn state
     ladd_schedule_mu: float = 0.0  # LADD shifted schedule: > 0 fixes its shift mu (0: FLUX.1's for the resolution)
     image_size: int = 64  # training resolution (square); a multiple of the model's stride
     steps: int = 1000  # optimizer steps

@@ -227,6 +227,11 @@ def test_ladd_recipes_carry_the_shipped_settings_and_flags_override_them_both_wa
     assert cfg("--all-steps").ladd_all_steps and not cfg("--all-steps", "--no-all-steps").ladd_all_steps
     with pytest.raises(UserError, match="--all-steps .* needs --on-policy"):
         cfg("--all-steps", "--no-on-policy")
+    assert cfg("--final-only").ladd_final_only and not cfg().ladd_final_only
+    with pytest.raises(UserError, match="--final-only .* needs --path-grad"):
+        cfg("--final-only", "--no-path-grad")
+    with pytest.raises(UserError, match="give one of them"):
+        cfg("--final-only", "--all-steps")
     assert cfg("--teacher-guidance", "4").teacher_guidance == 4.0 and cfg().teacher_guidance == 3.0
     with pytest.raises(UserError, match="--teacher-guidance must be at least 1"):
         cfg("--teacher-guidance", "0.5")

@@ -278,6 +278,31 @@ def test_ladd_all_steps_grades_every_state_of_the_students_sampler(tmp_path):
                     progress=False)  # fmt: skip
 
 
+def test_ladd_final_only_grades_the_finished_sample_through_every_pass(tmp_path):
+    """`ladd_final_only`: every sample is graded at the last state of the student's path, so the distillation
+    term is the error of its finished K-step Euler sample against the teacher's, one pass per timestep."""
+    from flowfactory.flow.sampling import euler
+    from flowfactory.train.distill import LADDTrainer
+
+    cfg = dataclasses.replace(recipe("tiny-schnell"), ladd_distill_weight=1.0, ladd_on_policy=True, teacher_steps=1,
+                              ladd_path_grad=True, ladd_final_only=True, ladd_adv_weight=0.0)  # fmt: skip
+    tr = LADDTrainer(cfg, tmp_path, teacher(), progress=False)
+    n, side, ts = cfg.batch_size, cfg.image_size // cfg.model.stride, tr.timesteps
+    prompts = tr.encode(tr.samples(0, 0, n)).prompts
+    z, x0 = tr.teacher_noise(n, 0, 0), tr.teacher_latents(prompts, 0, 0).float()
+    txt, pooled = tr.pipe.encode_text(prompts)
+    with torch.no_grad():
+        sample = euler(tr.pipe.velocity(txt, pooled, side, side), z, [*ts, 0.0])
+    seen, model = [], tr.model
+    tr.model = lambda x_t, ids, p, t, *a: (seen.append(t), model(x_t, ids, p, t, *a))[1]
+    m = tr.train_step()
+    assert [s.tolist() for s in seen] == [[t_k] * n for t_k in ts]  # K passes, every sample at every timestep
+    assert m["distill_loss"] == pytest.approx((sample - x0).square().mean().item(), rel=1e-4)
+    for bad in (dict(ladd_path_grad=False), dict(ladd_all_steps=True)):
+        with pytest.raises(ValueError, match="ladd_final_only .* needs ladd_path_grad"):
+            LADDTrainer(dataclasses.replace(cfg, **bad), tmp_path / "b", teacher(), progress=False)
+
+
 def test_ladd_student_can_start_from_the_dev_tier_at_the_teachers_scale(tmp_path):
     from flowfactory.train.distill import LADDTrainer
 

@@ -92,12 +92,18 @@ def distill_config(args):
         cfg = dataclasses.replace(cfg, ladd_path_grad=False)
     if cfg.ladd_path_grad and not cfg.ladd_on_policy:
         raise UserError("--path-grad backpropagates through the student's own path: it needs --on-policy")
+    if getattr(args, "final_only", None) is not None:
+        cfg = dataclasses.replace(cfg, ladd_final_only=args.final_only)
+    if cfg.ladd_final_only and not cfg.ladd_path_grad:
+        raise UserError("--final-only grades the finished sample through the student's path: it needs --path-grad")
     if getattr(args, "all_steps", None) is not None:
         cfg = dataclasses.replace(cfg, ladd_all_steps=args.all_steps)
     elif getattr(args, "on_policy", None) is False:
         cfg = dataclasses.replace(cfg, ladd_all_steps=False)
     if cfg.ladd_all_steps and not cfg.ladd_on_policy:
         raise UserError("--all-steps grades every state of the student's own path: it needs --on-policy")
+    if cfg.ladd_all_steps and cfg.ladd_final_only:
+        raise UserError("--all-steps and --final-only grade different states: give one of them")
     if cfg.ladd_on_policy and not cfg.ladd_distill_weight > 0:
         raise UserError("on-policy LADD (--on-policy; the shapes-schnell recipe's default) places the distillation "
                         "term's inputs: give --distill-weight above 0, or --no-on-policy")  # fmt: skip
@@ -284,6 +290,8 @@ def register(sub) -> None:
     la.add_argument("--all-steps", action=argparse.BooleanOptionalAction, help="override: with --on-policy, "
                     "grade the student's prediction at every state of its path (its finished sample among them), "
                     "not at one drawn timestep per sample")
+    la.add_argument("--final-only", action=argparse.BooleanOptionalAction, help="override: with --path-grad, "
+                    "grade only the student's finished few-step sample (through all its passes), not a drawn state")
     _run_args(la)
     la.set_defaults(func=cmd_distill)
 

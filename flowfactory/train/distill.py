@@ -191,7 +191,9 @@ class LADDTrainer(Trainer):
     the student's own earlier steps: the steps before the graded one learn to leave it a state it can
     finish from, not only to predict the image from their own states. `ladd_all_steps` (on-policy only)
     grades the prediction at every state of that path, the finished K-step sample among them, instead of
-    one drawn timestep per sample: K times the graded states for each teacher sample, the costly part."""
+    one drawn timestep per sample: K times the graded states for each teacher sample, the costly part.
+    `ladd_final_only` (with the path gradient) grades only the finished K-step sample, through all K passes:
+    the error the sampler is judged by, with no demand that the earlier predictions be the image."""
 
     def __init__(self, cfg: TrainConfig, out_dir, teacher: Pipeline, device: str = "cpu", resume: bool = True,
                  progress: bool = True, student: Pipeline | None = None):  # fmt: skip
@@ -210,6 +212,9 @@ class LADDTrainer(Trainer):
             raise ValueError("ladd_path_grad backpropagates through the student's own path: it needs ladd_on_policy")
         if cfg.ladd_all_steps and not cfg.ladd_on_policy:
             raise ValueError("ladd_all_steps grades every state of the student's own path: it needs ladd_on_policy")
+        if cfg.ladd_final_only and not (cfg.ladd_path_grad and not cfg.ladd_all_steps):
+            raise ValueError("ladd_final_only grades the finished sample through the student's path: it needs "
+                             "ladd_path_grad (and not ladd_all_steps)")  # fmt: skip
         student = copy.deepcopy(student if student is not None else teacher)
         model = dataclasses.replace(student.cfg, schedule_shift=cfg.ladd_schedule_shift,
                                     schedule_mu=cfg.ladd_schedule_mu if cfg.ladd_schedule_shift else 0.0)
@@ -297,6 +302,8 @@ class LADDTrainer(Trainer):
         ids = image_ids(n, side, side, device=dev)
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
         k = torch.randint(len(self.timesteps), (n,), generator=g)
+        if cfg.ladd_final_only:  # the last state for every sample: its graded prediction is the K-step sample
+            k = torch.full_like(k, len(self.timesteps) - 1)
         t = torch.tensor(self.timesteps)[k].to(dev)
         t_hat = torch.sigmoid(cfg.ladd_t_hat_mean + torch.randn(n, generator=g)).to(dev)  # logit-normal(m, 1)
         noise, n_fake, n_real = (torch.randn(x0.shape, generator=g).to(dev) for _ in range(3))
