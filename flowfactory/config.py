@@ -281,15 +281,16 @@ def tiny_dev() -> TrainConfig:
 
 def shapes_schnell() -> TrainConfig:
     """LADD of the demo model into its 1-4 step `schnell` tier (teacher: the shipped model), with the
-    settings of the shipped tier: the distillation term (weight 100) on the student's own few-step path
-    (on-policy), backpropagated through that path, the shifted 4-step schedule, re-noising
-    t_hat ~ logit-normal(0, 1) and the discriminator at 10x the student's rate. Start the student from the teacher's `dev` tier (`--student`): from a copy
+    settings of the shipped tier: the distillation term (weight 100) on the student's finished 4-step sample
+    from the teacher's noise (on-policy, final only), backpropagated through its whole path, the shifted
+    4-step schedule, re-noising t_hat ~ logit-normal(0, 1) and the discriminator at 10x the student's rate.
+    Start the student from the teacher's `dev` tier (`--student`): from a copy
     of the teacher LADD scored lower, and on the reflow line instead of the student's path it lost to its
     start (benchmarks/results/shapes-schnell/ladd-variants.md)."""
     return dataclasses.replace(shapes_demo(), steps=480, batch_size=16, lr=1e-4, warmup=20, cooldown=120,
                                sample_every=0, val_every=250, val_samples=32, teacher_steps=16, ladd_t_hat_mean=0.0,
                                ladd_d_lr_mult=10.0, ladd_distill_weight=100.0, ladd_schedule_shift=True,
-                               ladd_on_policy=True, ladd_path_grad=True)  # fmt: skip
+                               ladd_on_policy=True, ladd_path_grad=True, ladd_final_only=True)  # fmt: skip
 
 
 def shapes_edit_dev() -> TrainConfig:
@@ -304,7 +305,7 @@ def shapes_edit_schnell() -> TrainConfig:
     the text-to-image tier's settings; start from the edit model's `dev` tier (`--student`): from a copy
     of the teacher the student lost the source image (benchmarks/results/shapes-edit-schnell/ladd-variants.md)."""
     return dataclasses.replace(shapes_schnell(), dataset="edits", t2i_ratio=0.2, steps=240, cooldown=60, val_every=100,
-                               ladd_on_policy=False, ladd_path_grad=False)  # fmt: skip
+                               ladd_on_policy=False, ladd_path_grad=False, ladd_final_only=False)  # fmt: skip
 
 
 def tiny_schnell() -> TrainConfig:

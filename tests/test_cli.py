@@ -227,7 +227,11 @@ def test_ladd_recipes_carry_the_shipped_settings_and_flags_override_them_both_wa
     assert cfg("--all-steps").ladd_all_steps and not cfg("--all-steps", "--no-all-steps").ladd_all_steps
     with pytest.raises(UserError, match="--all-steps .* needs --on-policy"):
         cfg("--all-steps", "--no-on-policy")
-    assert cfg("--final-only").ladd_final_only and not cfg().ladd_final_only
+    assert cfg().ladd_final_only and not cfg("--recipe", "shapes-edit-schnell").ladd_final_only
+    assert not cfg("--no-final-only").ladd_final_only and cfg("--no-final-only", "--final-only").ladd_final_only
+    # the recipe's final-only grading goes with its path gradient and gives way to --all-steps
+    assert not cfg("--no-path-grad").ladd_final_only and not cfg("--no-on-policy").ladd_final_only
+    assert cfg("--all-steps").ladd_all_steps and not cfg("--all-steps").ladd_final_only
     with pytest.raises(UserError, match="--final-only .* needs --path-grad"):
         cfg("--final-only", "--no-path-grad")
     with pytest.raises(UserError, match="give one of them"):

@@ -43,9 +43,9 @@ def test_shipped_model_follows_backgrounds_and_colours():
 def test_shipped_tiers_follow_backgrounds_and_colours(tier):
     """The distilled tiers next to the demo model, at their manifest's steps and guidance.
     Measured (dev distilled for 2,000 steps from the 34,000-step model; schnell by LADD from that dev with
-    the on-policy distillation term, backpropagated through its path, on the shifted schedule): dev (28
-    steps, one pass each) 12/12 backgrounds, 12/12 colours; schnell (4 steps) 12/12 backgrounds, 12/12
-    colours (at guidance 3 and at the manifest's 4; 11/12 colours before the path gradient)."""
+    the distillation term on its finished 4-step sample, backpropagated through its path, on the shifted
+    schedule): dev (28 steps, one pass each) 12/12 backgrounds, 12/12 colours; schnell (4 steps) 12/12
+    backgrounds, 12/12 colours (at guidance 3 and at the manifest's 4; 11/12 colours before the path gradient)."""
     t = resolve_tier(DEFAULT_CHECKPOINT.parent / "tiers.json", tier)
     assert t.checkpoint.stat().st_size <= 30 * 2**20
     pipe = Pipeline.from_checkpoint(t.checkpoint)

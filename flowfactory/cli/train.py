@@ -94,6 +94,8 @@ def distill_config(args):
         raise UserError("--path-grad backpropagates through the student's own path: it needs --on-policy")
     if getattr(args, "final_only", None) is not None:
         cfg = dataclasses.replace(cfg, ladd_final_only=args.final_only)
+    elif not cfg.ladd_path_grad or getattr(args, "all_steps", None):  # the recipe's final-only grading goes with
+        cfg = dataclasses.replace(cfg, ladd_final_only=False)  # its path gradient, and gives way to --all-steps
     if cfg.ladd_final_only and not cfg.ladd_path_grad:
         raise UserError("--final-only grades the finished sample through the student's path: it needs --path-grad")
     if getattr(args, "all_steps", None) is not None:
