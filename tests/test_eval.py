@@ -218,3 +218,53 @@ def test_geneval_seed_draws_other_noise_for_the_same_prompts(tmp_path):
     assert all(torch.equal(first[j], again[j]) for j in first)
     assert not any(torch.equal(first[j], other[j]) for j in first)
     assert run_geneval(pipe, tmp_path, images_per_prompt=1, steps=1, limit=1, progress=False, seed=1)["seed"] == 1
+
+
+def _compare_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_geneval.py"
+    spec = importlib.util.spec_from_file_location("compare_geneval", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seed_comparison_pairs_editbench_runs_pair_by_pair(tmp_path):
+    compare = _compare_script()
+
+    def run(passes, seed):
+        cats = ["local", "local", "global", "text"]
+        per_pair = [{"category": c, "instruction": f"edit {i}", "passed": p, "failure": "kept"}
+                    for i, (c, p) in enumerate(zip(cats, passes))]  # fmt: skip
+        path = tmp_path / f"run{len(list(tmp_path.iterdir()))}.json"
+        path.write_text(json.dumps({"benchmark": "editbench-mini", "per_pair": per_pair, "seed": seed}))
+        return str(path)
+
+    base = compare.pooled([run([True, False, False, False], 0), run([False, False, False, False], 1)])
+    variant = compare.pooled([run([True, True, False, True], 0), run([True, False, False, True], 1)])
+    rows = {r["task"]: r for r in compare.compare(base, variant, "passed")}
+    # per pair, pooled over the two seeds: base (0.5, 0, 0, 0), variant (1, 0.5, 0, 1) -> deltas (0.5, 0.5, 0, 1)
+    deltas = np.array([0.5, 0.5, 0.0, 1.0])
+    assert rows["overall"]["base"] == 0.125 and rows["overall"]["variant"] == 0.625
+    assert abs(rows["overall"]["change"] - 0.5) < 1e-9
+    assert abs(rows["overall"]["two_se"] - round(2 * deltas.std(ddof=1) / 2, 4)) < 1e-4
+    assert rows["local"]["change"] == 0.5 and rows["text"]["change"] == 1.0 and rows["global"]["change"] == 0.0
+    assert set(rows) == {"local", "global", "text", "overall"} and all(r["split"] == "all" for r in rows.values())
+    table = compare.markdown("v", {"exact": list(rows.values()), "credit": list(rows.values())})
+    assert "| overall | 4 | 0.125 | 0.625 | +0.500 ± 0.408 |" in table
+
+
+def test_seed_comparison_refuses_mixed_benchmarks(tmp_path):
+    compare = _compare_script()
+    edit = tmp_path / "edit.json"
+    edit.write_text(json.dumps({"benchmark": "editbench-mini", "per_pair": []}))
+    gen = tmp_path / "gen.json"
+    gen.write_text(json.dumps({"benchmark": "geneval-mini", "per_prompt": []}))
+    try:
+        compare.pooled([str(edit), str(gen)])
+    except SystemExit as e:
+        assert "different benchmarks" in str(e)
+    else:
+        raise AssertionError("mixed benchmarks were pooled")
