@@ -256,8 +256,9 @@ def shapes_demo() -> TrainConfig:
 
 def shapes_edit() -> TrainConfig:
     """Kontext mid-training of the demo model on shapes-world edit pairs (20% text-to-image batches), the
-    shipped edit model's run: `flowfactory train --recipe shapes-edit --init flowfactory/assets/shapes-demo.safetensors`
-    (3,000 steps, the last 600 a linear cooldown)."""
+    shipped edit model's first run: `flowfactory train --recipe shapes-edit --init flowfactory/assets/shapes-demo.safetensors`
+    (3,000 steps, the last 600 a linear cooldown); its second run continues that result with
+    `--steps 2400 --cooldown 800 --lr 1.5e-4 --seed 1` (README, "The shipped edit model")."""
     return dataclasses.replace(shapes_demo(), dataset="edits", t2i_ratio=0.2, steps=3000, lr=3e-4, warmup=100,
                                cooldown=600, sample_every=0)  # fmt: skip
 
