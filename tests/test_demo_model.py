@@ -120,9 +120,9 @@ def test_shipped_edit_model_keeps_the_source_scene():
 @pytest.mark.parametrize("tier", ["dev", "schnell"])
 def test_shipped_edit_tiers_keep_the_source_scene(tier):
     """The distilled edit tiers (tiers-edit.json, `flowfactory edit --tier`) at their steps and
-    guidance. Measured (dev: 500 steps of guidance distillation of the shipped edit model; schnell:
+    guidance. Measured (dev: 800 steps of guidance distillation of the shipped edit model; schnell:
     the same weights at 4 steps): dev (28 steps, one pass each) keeps the background 12/12 and a
-    source colour 10/12, schnell 12/12 and 9/12 (the previous dev: 12/12 and 10/12 at both step counts)."""
+    source colour 10/12, schnell 12/12 and 10/12 (the previous dev: 12/12 and 10/12 at both step counts)."""
     from flowfactory.cli.common import DEFAULT_EDIT_TIERS
 
     t = resolve_tier(DEFAULT_EDIT_TIERS, tier)
